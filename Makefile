@@ -1,0 +1,17 @@
+# The two commands of the README. Both create/reuse .venv and install everything first.
+#   make demo   -> the main job on the tiny world (CPU, offline)
+#   make test   -> the test suite (what CI runs)
+VENV ?= .venv
+OUT ?= outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	HF_HUB_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/sparse-rlvr demo --output-dir $(OUT)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
+	  $(VENV)/bin/python -m pytest $(PYTEST_ARGS)

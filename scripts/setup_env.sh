@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtualenv at $VENV (default .venv) and install everything.
+# torch==2.13.0 goes in FIRST: with no torch present, deepspeed's build pulls a multi-GB CUDA torch.
+# Re-running is cheap: a stamp file records the hash of pyproject.toml and this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+stamp="$VENV/.sparse_rlvr_installed"
+want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/sparse-rlvr" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+echo "[setup] installing $TORCH_SPEC into $VENV" >&2
+pip_q --upgrade pip
+pip_q "$TORCH_SPEC"
+"$VENV/bin/python" -c "import torch" || { echo "[setup] torch failed to install ($TORCH_SPEC)" >&2; exit 1; }
+echo "[setup] installing sparse-rlvr and its dependencies" >&2
+pip_q -e ".[test]"
+"$VENV/bin/python" -c "import trl, train, rewards, diagnostics" || { echo "[setup] package import failed" >&2; exit 1; }
+echo "$want" > "$stamp"

@@ -1,0 +1,71 @@
+"""Shared offline fixtures.
+
+Tiers (markers registered in pyproject.toml):
+- default: unit tests, seconds each, tiny random models (hidden 16, 2 layers).
+- `slow`: real (short) training runs on the tiny world; run by default and in CI.
+- `distributed`: 2-process `accelerate launch` runs (gloo DDP, DeepSpeed ZeRO-2/3 on CPU); run by
+  default and in CI.
+- `gpu`: need CUDA; skipped on CPU machines (reported as skipped, never counted as passed).
+Deselect tiers with e.g. `make test PYTEST_ARGS="-m 'not slow and not distributed'"`.
+
+Nothing here touches the network: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / WANDB_MODE=offline are
+forced for the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DS_ACCELERATOR": "cpu",
+}.items():
+    os.environ[_k] = _v
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from train.tiny_world import build_tokenizer, default_corpus
+
+    return build_tokenizer(default_corpus(n=300))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A random tiny Llama (hidden 16, 2 layers) + tokenizer saved like a hub model."""
+    from train.tiny_world import random_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_base")
+    model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, tiny_tokenizer):
+    """Another random tiny Llama with the same tokenizer (a 'policy' that differs from the base)."""
+    from train.tiny_world import random_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_policy")
+    model = random_tiny_model(tiny_tokenizer, seed=1, hidden_size=16, num_layers=2, num_heads=2)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,68 @@
+"""`sparse-rlvr`: one console script, one subcommand per job.
+
+    sparse-rlvr --help
+    sparse-rlvr SUBCOMMAND --help
+
+Each subcommand lives in its own module as `main(argv: list[str] | None = None) -> int` with its own
+argparse parser, imported lazily so `sparse-rlvr --help` stays fast. Bad user input is reported as
+one line naming the input and the fix (`SystemExit("...")` or `ValueError`), never a deep traceback;
+set SPARSE_RLVR_DEBUG=1 to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# name -> (module, one-line description)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-base": ("train.tiny_base", "build (or reuse) the tiny world's base model: tokenizer + SFT'd small LM"),
+    "eval": ("train.evaluate", "sample K completions per problem and report mean@K / pass@K accuracy"),
+    "grpo": ("train.grpo", "GRPO / divergence-weighted GRPO training (same as `python train/grpo.py`)"),
+    "sft": ("train.sft", "SFT on the base model's own correct completions (the SFT-vs-RL comparison)"),
+    "shift": ("diagnostics.cli_shift", "token-level shift analysis base vs policy: table, summary, plots, HTML"),
+    "evolution": ("diagnostics.evolution", "shift evolution across the checkpoints of a run"),
+    "cross-sample": ("diagnostics.cross_sampling_cli", "forward/backward cross-sampling sweeps with a random control"),
+    "demo": ("train.demo", "the main job: the paper in miniature on the tiny world, end to end"),
+    "compare": ("train.compare", "train several advantage-weighting variants x seeds and rank them"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = ["usage: sparse-rlvr SUBCOMMAND [options]   (sparse-rlvr SUBCOMMAND --help for its options)", "",
+             "subcommands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"sparse-rlvr: error: unknown subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            print(f"sparse-rlvr: error: subcommand {name!r} is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(module.main(rest) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("SPARSE_RLVR_DEBUG"):
+            raise
+        print(f"sparse-rlvr {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
