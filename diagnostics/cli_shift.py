@@ -1,0 +1,192 @@
+"""`sparse-rlvr shift`: where and how did RL change the model? Token-level base-vs-policy analysis.
+
+    # sequences from a file (text prompt/completion or token ids, one JSON object per line)
+    sparse-rlvr shift --base runs/tiny_base --policy runs/grpo/checkpoint-200 --data seqs.jsonl --output-dir out/shift
+    # sample K completions per problem from the policy (or the base), then analyse
+    sparse-rlvr shift --base runs/tiny_base --policy runs/grpo --dataset tiny --split test --limit 32 \
+        --generate-with policy --num-samples 4 --output-dir out/shift
+
+Writes into --output-dir: `tokens.parquet` (one row per completion token, see
+`diagnostics.shift.COLUMNS`), `summary.json` (`diagnostics.summary.summarize`), the PNGs of
+`diagnostics.plots`, `report.html` (self-contained, offline) and `sequences.jsonl` (the analysed
+sequences as token ids + text, reusable with --data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparse-rlvr shift",
+        description="Teacher-force a base and a policy model on the same sequences and measure, per completion "
+                    "token, how far their next-token distributions moved (JS, KL, entropy, top-k reallocation).",
+    )
+    p.add_argument("--base", required=True, help="base model: local folder (save_pretrained output) or hub id")
+    p.add_argument("--policy", required=True, help="policy (e.g. RL-trained) model: local folder or hub id; must "
+                                                   "share the base's tokenizer")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="JSONL of sequences: {prompt, completion} text (prompt chat-templated, or a "
+                                    "list of messages), or {prompt_ids, completion_ids}; prompt-only records need "
+                                    "--generate-with")
+    src.add_argument("--dataset", help="math dataset to take prompts from: 'tiny', a hub id or a local "
+                                       ".json/.jsonl/.parquet (rewards.data.load_math_dataset); needs --generate-with")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--problem-column", default="problem", help="dataset column with the problem text")
+    p.add_argument("--answer-column", default="answer", help="dataset column with the gold answer")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts (default: all)")
+    p.add_argument("--generate-with", choices=("policy", "base"), default=None,
+                   help="sample completions with this model (the paper uses the RL policy; 'base' avoids the "
+                        "on-policy bias)")
+    p.add_argument("--num-samples", type=int, default=1, help="completions sampled per prompt (default: 1)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="sampling length budget (default: 128)")
+    p.add_argument("--sample-temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--sample-top-p", type=float, default=1.0, help="sampling top-p (paper: 0.7; default: 1.0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="both models' distributions are softmax(logits / T) in the analysis (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="compare top-p truncated, renormalised distributions (paper: 0.7); default: full vocabulary")
+    p.add_argument("--high-js", type=float, default=0.1, help="high-divergence cut-off (paper: 0.1)")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="positions per chunk of the divergence math (bounds (chunk, V) float32 temporaries)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward / generate batch")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                   help="model weights dtype (the divergence math is float32 regardless)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-report-sequences", type=int, default=20, help="sequences shown in report.html")
+    p.add_argument("--output-dir", required=True, help="folder for tokens.parquet, summary.json, PNGs, report.html")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    return p
+
+
+def _read_data(path: str, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(records with completions, prompt-only records) from a JSONL file; prompts chat-templated."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--data {path!r} does not exist. Fix: pass a .jsonl file with one sequence per line")
+    full, prompt_only = [], []
+    with file.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--data {path}: line {n} is not JSON ({err.msg}). Fix: one JSON object per line") \
+                    from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"--data {path}: line {n} is not a JSON object")
+            if isinstance(rec.get("prompt"), list):
+                rec["prompt"] = tokenizer.apply_chat_template(rec["prompt"], tokenize=False, add_generation_prompt=True)
+            if ("prompt_ids" in rec and "completion_ids" in rec) or ("prompt" in rec and "completion" in rec):
+                full.append(rec)
+            elif "prompt" in rec:
+                prompt_only.append(rec)
+            else:
+                raise ValueError(f"--data {path}: line {n} has keys {sorted(rec)}. Fix: give 'prompt' + 'completion' "
+                                 f"(or 'prompt_ids' + 'completion_ids'), or 'prompt' alone with --generate-with")
+    if full and prompt_only:
+        raise ValueError(f"--data {path} mixes records with and without completions. Fix: use one kind per file")
+    if not full and not prompt_only:
+        raise ValueError(f"--data {path} has no records. Fix: write one JSON object per line")
+    return full, prompt_only
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset and not args.generate_with:
+        parser.error("--dataset gives prompts only; add --generate-with policy|base to sample completions")
+    for flag, val, lo in (("--num-samples", args.num_samples, 1), ("--batch-size", args.batch_size, 1),
+                          ("--max-new-tokens", args.max_new_tokens, 1)):
+        if val < lo:
+            parser.error(f"{flag} must be >= {lo}, got {val}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    import pandas as pd  # noqa: F401  (fail early if the table stack is missing)
+
+    from diagnostics.models import generate_completions, load_pair
+    from diagnostics.plots import write_shift_plots
+    from diagnostics.report import write_report
+    from diagnostics.shift import analyze
+    from diagnostics.summary import summarize
+
+    out = Path(args.output_dir)
+    progress = not args.no_progress
+    base, policy, tok = load_pair(args.base, args.policy, dtype=args.dtype, device=args.device)
+
+    if args.data:
+        records, prompt_only = _read_data(args.data, tok)
+        if records and args.generate_with:
+            parser.error(f"--data {args.data} already holds completions; drop --generate-with (or give prompts only)")
+        if prompt_only:
+            if not args.generate_with:
+                parser.error(f"--data {args.data} holds prompts only; add --generate-with policy|base")
+            prompt_only = prompt_only[: args.limit] if args.limit else prompt_only
+            extras = [{k: v for k, v in r.items() if k != "prompt"} for r in prompt_only]
+            records = generate_completions(
+                policy if args.generate_with == "policy" else base, tok, [r["prompt"] for r in prompt_only],
+                num_samples=args.num_samples, temperature=args.sample_temperature, top_p=args.sample_top_p,
+                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, extras=extras,
+                progress=progress)
+        elif args.limit:
+            records = records[: args.limit]
+    else:
+        from rewards.data import load_math_dataset
+
+        ds = load_math_dataset(args.dataset, args.split, num_samples=args.limit, problem_column=args.problem_column,
+                               answer_column=args.answer_column, seed=args.seed)
+        extras = [{"problem": r["problem"], "answer": r["answer"]} for r in ds]
+        records = generate_completions(
+            policy if args.generate_with == "policy" else base, tok, list(ds["prompt"]),
+            num_samples=args.num_samples, temperature=args.sample_temperature, top_p=args.sample_top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, extras=extras,
+            progress=progress)
+
+    table = analyze(base, policy, tok, records, chunk_size=args.chunk_size, top_p=args.top_p,
+                    temperature=args.temperature, batch_size=args.batch_size, progress=progress, keep_topk=True)
+    if len(table) == 0:
+        raise ValueError("no completion tokens to analyse (every completion is empty). Fix: check the data or raise "
+                         "--max-new-tokens")
+    summary = summarize(table, high_js=args.high_js)
+    summary["settings"] = {"base": args.base, "policy": args.policy, "data": args.data, "dataset": args.dataset,
+                           "split": args.split if args.dataset else None, "generate_with": args.generate_with,
+                           "num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
+                           "sample_temperature": args.sample_temperature, "sample_top_p": args.sample_top_p,
+                           "seed": args.seed}
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out / "tokens.parquet", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with (out / "sequences.jsonl").open("w", encoding="utf-8") as fh:
+        for i, r in enumerate(records):
+            rec = dict(r)
+            if "prompt_ids" not in rec:
+                rec["prompt_ids"] = tok(rec["prompt"], add_special_tokens=False)["input_ids"]
+                rec["completion_ids"] = tok(rec["completion"], add_special_tokens=False)["input_ids"]
+            fh.write(json.dumps({"seq_id": i, **rec}) + "\n")
+    images = write_shift_plots(table, summary, out)
+    prompts = {i: (r.get("prompt") or tok.decode(r["prompt_ids"])) for i, r in enumerate(records)}
+    meta = {k: v for k, v in summary["settings"].items() if v is not None}
+    write_report(out / "report.html", table, summary, images=images, prompts=prompts,
+                 token_text=lambda i: tok.decode([int(i)]), meta=meta, max_sequences=args.max_report_sequences)
+
+    sp = summary["sparsity"]
+    print(f"{summary['n_tokens']} tokens in {summary['n_sequences']} sequences: mean JS {sp['js_mean']:.4g}, "
+          f"JS > {args.high_js:g} at {100 * (sp['frac_js_gt'].get(f'{args.high_js:g}') or (table['js'] > args.high_js).mean()):.2f}% "
+          f"of tokens, Gini {sp['gini'] if sp['gini'] is None else round(sp['gini'], 3)}")
+    print(f"wrote {out}/tokens.parquet, summary.json, report.html and {len(images)} PNGs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

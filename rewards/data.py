@@ -1,0 +1,163 @@
+"""Math datasets as TRL expects them: conversational `prompt`, normalized gold `answer`, `problem`.
+
+    from rewards.data import load_math_dataset
+    load_math_dataset("tiny", "train", num_samples=2000)                        # the tiny world
+    load_math_dataset("openai/gsm8k", "test", subset="main",
+                      problem_column="question", answer_column="answer")        # hub id (needs network)
+    load_math_dataset("data/math500.jsonl", answer_column="solution",
+                      gold_format="math", system_prompt="Put the final answer in \\boxed{}.")
+
+One path for every source, so the tiny world exercises exactly the code real datasets go through:
+load -> check the mapped columns -> normalize gold answers (`rewards.math.normalize_gold`: GSM8K
+`#### 42`, MATH `\\boxed{}` solutions, plain) -> build `prompt = [system?, user]`.
+Rows whose gold cannot be normalized are dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Problems generated for the tiny world when `num_samples` is None.
+TINY_DEFAULT_SIZE = {"train": 2000, "test": 200}
+
+
+def _load_raw(source: str, split: str, subset: str | None, seed: int, num_samples: int | None):
+    """The raw `datasets.Dataset` for `source` (tiny / local file or folder / hub id)."""
+    import datasets
+
+    if source == "tiny":
+        from rewards.tiny_task import SPLITS, tiny_math_dataset
+
+        if split not in SPLITS:
+            raise ValueError(f"the tiny world has splits {SPLITS}, not {split!r}. Fix: pass split='train' or 'test'")
+        return tiny_math_dataset(split, num_samples or TINY_DEFAULT_SIZE[split], seed)
+
+    path = Path(source)
+    if path.suffix in LOCAL_FORMATS or path.exists():
+        if path.is_dir():
+            files = [f for ext in LOCAL_FORMATS for f in sorted(path.glob(f"{split}*{ext}"))]
+            if not files:
+                raise FileNotFoundError(f"dataset folder {source} has no {split}*.json/.jsonl/.parquet file. "
+                                        f"Fix: name the file for split {split!r} (e.g. {split}.jsonl) or pass the file path")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"dataset file {source} does not exist. Fix: pass an existing .json/.jsonl/.parquet "
+                                    "file, a folder of them, 'tiny', or a hub dataset id")
+        kinds = {LOCAL_FORMATS.get(f.suffix) for f in files}
+        if None in kinds or len(kinds) != 1:
+            raise ValueError(f"dataset {source}: cannot mix or read formats {sorted(f.suffix for f in files)}. "
+                             "Fix: use only .json/.jsonl or only .parquet files")
+        try:
+            return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise ValueError(f"dataset {source} could not be parsed ({err.__cause__ or err}). "
+                             "Fix: one JSON object per line (.jsonl), a JSON list/records file, or parquet") from err
+
+    try:
+        return datasets.load_dataset(source, subset, split=split)
+    except (FileNotFoundError, ConnectionError) as err:
+        raise ValueError(f"could not load hub dataset {source!r} (subset {subset!r}, split {split!r}): "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Fix: check the id/subset/split, "
+                         "unset HF_HUB_OFFLINE if you have network, or pass a local .json/.jsonl/.parquet file") from err
+
+
+def _fallback_normalize_gold(gold: str, fmt: str = "auto") -> str | None:
+    """TEMPORARY stand-in until `rewards.math.normalize_gold` lands (then this is deleted)."""
+    import re
+
+    gold = gold.strip()
+    if fmt in ("auto", "gsm8k") and "####" in gold:
+        return gold.rsplit("####", 1)[1].strip().replace(",", "")
+    if fmt in ("auto", "math") and "\\boxed{" in gold:
+        start = gold.rindex("\\boxed{") + len("\\boxed{")
+        depth, i = 1, start
+        while i < len(gold) and depth:
+            depth += {"{": 1, "}": -1}.get(gold[i], 0)
+            i += 1
+        return gold[start:i - 1].strip() if depth == 0 else None
+    if fmt == "math":
+        return None
+    return re.sub(r"\s+", " ", gold) or None
+
+
+def _normalizer(gold_format: str):
+    try:
+        from rewards.math import normalize_gold
+    except ModuleNotFoundError as err:
+        if err.name != "rewards.math":
+            raise
+        logger.warning("rewards.math not available yet: using the fallback gold normalizer")
+        normalize_gold = _fallback_normalize_gold
+    return lambda gold: normalize_gold(gold, gold_format)
+
+
+def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples: int | None = None,
+                      problem_column: str = "problem", answer_column: str = "answer", gold_format: str = "auto",
+                      system_prompt: str | None = None, seed: int = 0, subset: str | None = None):
+    """Load a math dataset as a `datasets.Dataset` with columns `prompt`, `answer`, `problem`.
+
+    Args:
+        source: "tiny" (generated, offline), a local .json/.jsonl/.parquet file (or a folder with
+            `{split}*.jsonl` etc.), or a hub dataset id.
+        split: which split ("train"/"test" for tiny; any split name for hub datasets).
+        num_samples: tiny: how many problems to generate (default `TINY_DEFAULT_SIZE[split]`);
+            other sources: keep the first `num_samples` rows (None = all).
+        problem_column / answer_column: source columns holding the problem text and the gold.
+        gold_format: "auto", "gsm8k" (`... #### 42`), "math" (`\\boxed{}` in a solution) or "plain";
+            passed to `rewards.math.normalize_gold`.
+        system_prompt: if given, prepended as a system turn.
+        seed: tiny world's seed (ignored for other sources, which keep their order).
+        subset: hub dataset configuration name (e.g. "main" for openai/gsm8k).
+
+    Returns:
+        Dataset with `prompt` = [{"role": "system", ...}?, {"role": "user", "content": problem}],
+        `answer` = normalized gold (str), `problem` = problem text. Other columns are dropped.
+    """
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1 or None, got {num_samples}. Fix: pass a positive limit or none")
+    if source == "tiny":
+        problem_column, answer_column = "problem", "answer"
+    raw = _load_raw(source, split, subset, seed, num_samples)
+    missing = [c for c in (problem_column, answer_column) if c not in raw.column_names]
+    if missing:
+        flags = {problem_column: "--problem-column / problem_column", answer_column: "--answer-column / answer_column"}
+        raise ValueError(f"dataset {source!r} (split {split!r}) has no column(s) {missing}; its columns are "
+                         f"{raw.column_names}. Fix: set {' and '.join(flags[c] for c in missing)} to one of them")
+    if len(raw) == 0:
+        raise ValueError(f"dataset {source!r} (split {split!r}) is empty. Fix: point it at a file/split with rows")
+    if num_samples is not None and len(raw) > num_samples:
+        raw = raw.select(range(num_samples))
+
+    normalize = _normalizer(gold_format)
+    problems, answers, prompts, dropped = [], [], [], []
+    for i, (problem, gold) in enumerate(zip(raw[problem_column], raw[answer_column])):
+        try:
+            norm = normalize(str(gold)) if gold is not None else None
+        except ValueError as err:
+            logger.debug("row %d: gold %r not normalizable: %s", i, gold, err)
+            norm = None
+        if not norm or problem is None or not str(problem).strip():
+            dropped.append(i)
+            continue
+        problem = str(problem)
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": problem})
+        problems.append(problem)
+        answers.append(norm)
+        prompts.append(messages)
+    if dropped:
+        logger.warning("dataset %r: dropped %d of %d rows with an empty problem or a gold answer that could not be "
+                       "normalized as %r (first rows: %s)", source, len(dropped), len(raw), gold_format, dropped[:5])
+    if not problems:
+        raise ValueError(f"dataset {source!r}: none of the {len(raw)} rows has a usable gold answer in column "
+                         f"{answer_column!r} with gold_format={gold_format!r}. Fix: set --gold-format (gsm8k, math, "
+                         "plain) or --answer-column to the column holding the final answer")
+
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": prompts, "answer": answers, "problem": problems})

@@ -1,0 +1,253 @@
+"""`DivergenceGRPOConfig`: TRL's `GRPOConfig` plus the divergence-weighting settings.
+
+Only new fields are added, each with help text (`--help` of the entry point shows it); everything
+else is TRL's. `__post_init__` rejects bad settings at start-up with a message naming the setting
+and the fix, so a bad recipe fails before the first (expensive) generation step.
+
+Divergence-weighted GRPO (Meng et al., "Sparse but Critical", arXiv 2603.22446, §3):
+    Ã_{i,t} = w(D_{i,t}) · Â_i,   D detached,
+with D either the base-vs-policy divergence (`divergence_source="base"`, this project's default)
+or the paper's own sampled-token k3 estimate of KL(π_old ‖ π_θ) (`divergence_source="old"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from trl import GRPOConfig
+
+from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
+from train.weighting import RENORMALIZE_MODES, WEIGHTING_REGISTRY, WeightingParams
+
+PAPER = "arXiv 2603.22446"
+DIVERGENCE_SOURCES = ("base", "old")
+BASE_DTYPES = ("policy", "auto", "float32", "bfloat16", "float16")
+# A (B, T) advantage is meaningless or unsupported for these TRL loss types:
+# - luspo: a sequence-level objective (GSPO variant, requires importance_sampling_level="sequence") that
+#   scales each sequence's loss by its length; per-token weights break its length accounting.
+# - vespo: sequence-level gamma weights φ(w) chosen by the sign of a per-sequence advantage.
+UNSUPPORTED_LOSS_TYPES = ("luspo", "vespo")
+
+
+@dataclass
+class DivergenceGRPOConfig(GRPOConfig):
+    """GRPOConfig + divergence-weighted advantages (see `docs/trainer.md` for the field table)."""
+
+    divergence_source: str = field(
+        default="base",
+        metadata={
+            "help": "Where the per-token divergence D comes from. 'base': the frozen base model vs the policy "
+            "that generated the batch, teacher-forced on prompt+completion (full-vocabulary measure, this "
+            "project's default). 'old': the paper's sampled-token estimate of KL(pi_old || pi_theta) at loss time "
+            f"({PAPER}); non-trivial only when the policy changes between generation and loss, i.e. "
+            "num_iterations > 1 or steps_per_generation > gradient_accumulation_steps."
+        },
+    )
+    divergence_measure: str | None = field(
+        default=None,
+        metadata={
+            "help": "Divergence measure. Full-vocabulary (source 'base' only): 'js' (Jensen-Shannon, in [0, ln 2], "
+            f"the paper's analysis measure, {PAPER}), 'kl_forward' KL(base||policy), 'kl_reverse' KL(policy||base), "
+            "'tv' (total variation). Sampled-token estimators of KL(sampler||other) (either source): 'k1', "
+            "'abs_k1', 'k3' (Schulman). Default: 'js' for source 'base', 'k3' for source 'old' (the paper's)."
+        },
+    )
+    divergence_top_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "Compare top-p-truncated, renormalised distributions instead of the full ones (the paper "
+            f"used 0.7 for memory, {PAPER}); None = full vocabulary. KL can be +inf under truncation (its weight "
+            "then falls back to 1 and is counted); JS and TV stay bounded."
+        },
+    )
+    divergence_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature at which base and policy distributions are compared, softmax(logits / T). "
+            "None = the sampling `temperature`, as TRL's log-probs use."
+        },
+    )
+    divergence_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Token rows per chunk of the full-vocabulary divergence pass: at most `chunk x vocab` float32 "
+            "logits of each model are alive at once (never a full (B, T, V) copy). Lower it if memory is tight."
+        },
+    )
+    divergence_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per forward micro-batch of the divergence pass. None = per_device_train_batch_size "
+            "(as TRL's own reference pass)."
+        },
+    )
+    high_divergence_threshold: float = field(
+        default=0.1,
+        metadata={
+            "help": "D above which a token counts as 'high divergence' for the shift/ entropy metrics (the paper's "
+            f"JS > 0.1, {PAPER})."
+        },
+    )
+    base_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The frozen base model D is measured against. None = the policy's own initial weights (the "
+            "model being trained; with PEFT the adapter-disabled model, no second copy; with beta > 0 TRL's "
+            "reference model is reused). Must share the policy's vocabulary."
+        },
+    )
+    base_model_dtype: str = field(
+        default="policy",
+        metadata={
+            "help": "dtype of the base model: 'policy' (the policy's dtype, default), 'auto' (the checkpoint's), "
+            "'float32', 'bfloat16' or 'float16'."
+        },
+    )
+    weighting: str = field(
+        default="sigmoid",
+        metadata={
+            "help": "Advantage-weighting function, from train.weighting's registry: 'none' (exactly TRL GRPO), "
+            f"'sigmoid' w = 1 + s*(sigmoid(alpha*D) - 1/2) ({PAPER}; alpha > 0 high-divergence boost, alpha < 0 "
+            "low-divergence boost), 'linear' w = clip(1 + alpha*D/scale, w_min, w_max), 'normalized' w = D/mean(D), "
+            "'top_quantile' (only the top rho fraction of tokens by D carry the advantage; cf. the 80/20 entropy "
+            "rule, arXiv 2506.01939), 'random_quantile' (same rho, random tokens: the control)."
+        },
+    )
+    weighting_alpha: float = field(
+        default=10.0,
+        metadata={
+            "help": "alpha of 'sigmoid' and 'linear'. The paper does not publish its value; with JS (<= ln 2) "
+            "alpha = 10 maps D = 0.1 (the paper's high-divergence threshold) to sigmoid(1)."
+        },
+    )
+    weighting_s: float = field(
+        default=1.0,
+        metadata={"help": "s of 'sigmoid': weights lie in 1 +/- s/2 (not published by the paper)."},
+    )
+    weighting_scale: float = field(
+        default=1.0, metadata={"help": "scale of 'linear' (D is divided by it), > 0; e.g. 0.693 for JS."}
+    )
+    weighting_min: float = field(default=0.0, metadata={"help": "w_min of 'linear' (lower clip)."})
+    weighting_max: float = field(default=5.0, metadata={"help": "w_max of 'linear' (upper clip), >= w_min."})
+    weighting_rho: float = field(
+        default=0.2,
+        metadata={"help": "Fraction of valid tokens kept by 'top_quantile' / 'random_quantile', in (0, 1]."},
+    )
+    weighting_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of 'random_quantile' (combined with the step and process index)."},
+    )
+    weighting_renormalize: str = field(
+        default="none",
+        metadata={
+            "help": "Rescale weights to mean 1 over valid tokens so the effective step size is unchanged: 'none', "
+            "'sequence' (per completion) or 'batch' (over the global generation batch, summed across processes)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.divergence_source not in DIVERGENCE_SOURCES:
+            raise ValueError(
+                f"divergence_source={self.divergence_source!r} is unknown; set it to one of {DIVERGENCE_SOURCES}."
+            )
+        sampled = tuple(sorted(SAMPLED_ESTIMATOR_REGISTRY))
+        full = tuple(sorted(DIVERGENCE_REGISTRY))
+        if self.divergence_measure is None:
+            self.divergence_measure = "js" if self.divergence_source == "base" else "k3"
+        if self.divergence_measure not in sampled + full:
+            raise ValueError(
+                f"divergence_measure={self.divergence_measure!r} is unknown; valid measures: "
+                f"{', '.join(full + sampled)}."
+            )
+        if self.divergence_source == "old" and self.divergence_measure not in sampled:
+            raise ValueError(
+                f"divergence_measure={self.divergence_measure!r} needs full distributions, but divergence_source="
+                f"'old' only has the sampled token's log-probs; set divergence_measure to one of {sampled} "
+                "(the paper's is 'k3') or divergence_source='base'."
+            )
+        if self.divergence_top_p is not None and not 0.0 < self.divergence_top_p <= 1.0:
+            raise ValueError(f"divergence_top_p={self.divergence_top_p} must be in (0, 1] or None (full vocabulary).")
+        if self.divergence_top_p is not None and self.divergence_measure in sampled:
+            raise ValueError(
+                f"divergence_top_p applies to full-vocabulary measures, not to the sampled estimator "
+                f"{self.divergence_measure!r}; unset divergence_top_p or pick 'js'/'kl_forward'/'kl_reverse'/'tv'."
+            )
+        if self.divergence_temperature is not None and self.divergence_temperature <= 0:
+            raise ValueError(f"divergence_temperature={self.divergence_temperature} must be > 0 (or None).")
+        if self.divergence_chunk_size < 1:
+            raise ValueError(f"divergence_chunk_size={self.divergence_chunk_size} must be >= 1.")
+        if self.divergence_batch_size is not None and self.divergence_batch_size < 1:
+            raise ValueError(f"divergence_batch_size={self.divergence_batch_size} must be >= 1 or None.")
+        if self.base_model_dtype not in BASE_DTYPES:
+            raise ValueError(f"base_model_dtype={self.base_model_dtype!r} is unknown; set one of {BASE_DTYPES}.")
+        if self.weighting not in WEIGHTING_REGISTRY:
+            raise ValueError(
+                f"weighting={self.weighting!r} is unknown; valid weightings: {', '.join(sorted(WEIGHTING_REGISTRY))}."
+            )
+        if self.weighting in ("top_quantile", "random_quantile") and not 0.0 < self.weighting_rho <= 1.0:
+            raise ValueError(
+                f"weighting_rho={self.weighting_rho} is outside (0, 1]; set the fraction of tokens "
+                f"{self.weighting!r} keeps, e.g. weighting_rho=0.2."
+            )
+        if self.weighting == "linear" and self.weighting_scale <= 0:
+            raise ValueError(f"weighting_scale={self.weighting_scale} must be > 0 for weighting='linear'.")
+        if self.weighting_min > self.weighting_max:
+            raise ValueError(
+                f"weighting_min={self.weighting_min} > weighting_max={self.weighting_max}; swap them."
+            )
+        if self.weighting_renormalize not in RENORMALIZE_MODES:
+            raise ValueError(
+                f"weighting_renormalize={self.weighting_renormalize!r} is unknown; set one of {RENORMALIZE_MODES}."
+            )
+        if self.loss_type in UNSUPPORTED_LOSS_TYPES and self.weighting != "none":
+            raise ValueError(
+                f"loss_type={self.loss_type!r} is a sequence-level objective where a per-token (B, T) advantage is "
+                f"meaningless; use loss_type 'dapo', 'grpo', 'dr_grpo', 'bnpo', 'cispo' or 'sapo', or weighting='none'."
+            )
+        if getattr(self, "use_liger_loss", False):
+            raise ValueError(
+                "use_liger_loss=True never materialises the logits this trainer needs and ignores (B, T) advantages; "
+                "set use_liger_loss=False."
+            )
+        if self.use_liger_kernel and (self.liger_kernel_config or {}).get("fused_linear_cross_entropy"):
+            raise ValueError(
+                'liger_kernel_config={"fused_linear_cross_entropy": True} replaces the model forward the divergence '
+                "pass needs; set it to False."
+            )
+        if self.divergence_source == "old" and self.weighting != "none" and not self.old_policy_differs:
+            raise ValueError(
+                "divergence_source='old' measures KL(pi_old || pi_theta), which is identically 0 when each generation "
+                f"batch is used for one optimizer step (num_iterations={self.num_iterations}, steps_per_generation="
+                f"{self.steps_per_generation}, gradient_accumulation_steps={self.gradient_accumulation_steps}); set "
+                "num_iterations > 1 (or steps_per_generation > gradient_accumulation_steps), or use "
+                "divergence_source='base'."
+            )
+
+    @property
+    def old_policy_differs(self) -> bool:
+        """True when TRL computes π_old log-probs, i.e. the policy moves between generation and loss.
+
+        TRL stores `old_per_token_logps` computed at generation time when gradient_accumulation_steps %
+        (steps_per_generation · num_iterations) != 0; otherwise (even when vLLM's importance-sampling
+        correction makes it store them) no optimizer step happens between generation and loss, π_old = π_θ.
+        """
+        generate_every = self.steps_per_generation * self.num_iterations
+        return self.gradient_accumulation_steps % generate_every != 0
+
+    def weighting_params(self, seed: int | None = None) -> WeightingParams:
+        return WeightingParams(
+            alpha=self.weighting_alpha,
+            s=self.weighting_s,
+            scale=self.weighting_scale,
+            w_min=self.weighting_min,
+            w_max=self.weighting_max,
+            rho=self.weighting_rho,
+            seed=self.weighting_seed if seed is None else seed,
+        )
+
+
+def new_fields() -> list:
+    """The dataclass fields DivergenceGRPOConfig adds to GRPOConfig (docs table, help-text test)."""
+    parent = {f.name for f in fields(GRPOConfig)}
+    return [f for f in fields(DivergenceGRPOConfig) if f.name not in parent]

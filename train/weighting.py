@@ -1,0 +1,239 @@
+"""Per-token advantage weights from a per-token divergence: a registry of pure tensor functions.
+
+The divergence-weighted trainer (`train/trainer.py`) turns GRPO's per-sequence advantage `Â_i` into
+a per-token one, `Ã_{i,t} = w_{i,t} · Â_i`, with `w` computed here from a detached `(B, T)`
+divergence `D` (Meng et al., arXiv 2603.22446, §3). Every function has the same typed signature
+
+    fn(div: (B, T) float, mask: (B, T) 0/1, params: WeightingParams) -> weights (B, T) float32
+
+and is registered verl-style (`@register_weighting(name)`, duplicates rejected, `get_weighting`
+lists the valid names). Weights are returned detached; positions where `mask == 0` (padding,
+tool output, truncated rows) get weight 1, a neutral value the loss masks out anyway.
+
+Registered functions (D ≥ 0 for every measure except the signed `k1` estimator):
+
+    none             w = 1                                   (exactly TRL's GRPO)
+    sigmoid          w = 1 + s·(σ(α·D) − ½)                  (the paper's; α>0 high-, α<0 low-divergence boost)
+    linear           w = clip(1 + α·D / scale, w_min, w_max)
+    normalized       w = D / mean_valid(D)
+    top_quantile     w = 1 on the ⌈ρ·N⌉ highest-D valid tokens, 0 elsewhere   (divergence 80/20 rule)
+    random_quantile  w = 1 on ⌈ρ·N⌉ valid tokens drawn uniformly (seeded), 0 elsewhere  (control)
+
+`compute_weights` wraps a registered function with the two things every caller needs: optional
+renormalisation to mean 1 over valid tokens (per sequence or over the batch, so the effective step
+size is unchanged) and the NaN/inf fallback (such weights become 1 and are counted).
+
+Quantiles and batch means are over the tensor passed in, i.e. the local (per-process) generation
+batch; the trainer passes a cross-process `all_reduce_sum` for the batch renormalisation only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "WEIGHTING_REGISTRY",
+    "RENORMALIZE_MODES",
+    "WeightingParams",
+    "register_weighting",
+    "get_weighting",
+    "renormalize",
+    "compute_weights",
+]
+
+
+@dataclass(frozen=True)
+class WeightingParams:
+    """All knobs of all weighting functions; each function reads the ones it documents.
+
+    alpha: sigmoid/linear slope α (sign chooses high- vs low-divergence boost).
+    s: sigmoid amplitude s; weights lie in 1 ± s/2.
+    scale: linear divisor of D (e.g. ln 2 to map JS onto [0, 1]).
+    w_min, w_max: linear clip range.
+    rho: fraction of valid tokens kept by top_quantile / random_quantile, in (0, 1].
+    seed: random_quantile's generator seed (the trainer varies it per step and per process).
+    """
+
+    alpha: float = 10.0
+    s: float = 1.0
+    scale: float = 1.0
+    w_min: float = 0.0
+    w_max: float = 5.0
+    rho: float = 0.2
+    seed: int = 0
+
+
+WeightingFn = Callable[[torch.Tensor, torch.Tensor, WeightingParams], torch.Tensor]
+WEIGHTING_REGISTRY: dict[str, WeightingFn] = {}
+RENORMALIZE_MODES = ("none", "sequence", "batch")
+
+
+def register_weighting(name: str) -> Callable[[WeightingFn], WeightingFn]:
+    """Register `fn(div (B,T), mask (B,T), params) -> (B,T)` under `name`; a second `name` raises."""
+
+    def deco(fn: WeightingFn) -> WeightingFn:
+        if name in WEIGHTING_REGISTRY:
+            raise ValueError(
+                f"weighting {name!r} is already registered ({WEIGHTING_REGISTRY[name].__name__}); pick another name"
+            )
+        WEIGHTING_REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_weighting(name: str) -> WeightingFn:
+    try:
+        return WEIGHTING_REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown weighting {name!r}; valid weightings: {', '.join(sorted(WEIGHTING_REGISTRY))}"
+        ) from None
+
+
+def _valid(mask: torch.Tensor) -> torch.Tensor:
+    return mask.bool()
+
+
+def _neutral_outside(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Weight 1 where mask == 0, float32, detached."""
+    return torch.where(_valid(mask), w.float(), torch.ones_like(w, dtype=torch.float32)).detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# Weighting functions
+# --------------------------------------------------------------------------------------------------
+
+
+@register_weighting("none")
+def weight_none(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """w = 1 everywhere: the trainer then reproduces TRL's GRPO exactly."""
+    return torch.ones_like(div, dtype=torch.float32)
+
+
+@register_weighting("sigmoid")
+def weight_sigmoid(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """w = 1 + s·(σ(α·D) − ½)  (Meng et al. 2603.22446). D = 0 gives exactly 1 (σ(0) = ½ in float)."""
+    w = 1.0 + params.s * (torch.sigmoid(params.alpha * div.float()) - 0.5)  # (B, T)
+    return _neutral_outside(w, mask)
+
+
+@register_weighting("linear")
+def weight_linear(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """w = clip(1 + α·D / scale, w_min, w_max). D = 0 gives exactly 1 (if 1 is inside the clip range)."""
+    if params.scale <= 0:
+        raise ValueError(f"weighting_scale must be > 0 for 'linear', got {params.scale}")
+    w = (1.0 + params.alpha * div.float() / params.scale).clamp(params.w_min, params.w_max)  # (B, T)
+    return _neutral_outside(w, mask)
+
+
+@register_weighting("normalized")
+def weight_normalized(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """w = D / mean(D over valid tokens); mean 1 by construction. A zero mean gives NaN -> fallback 1."""
+    valid = _valid(mask)
+    d = div.float()
+    mean = d[valid].mean() if valid.any() else d.new_tensor(float("nan"))  # ()
+    return _neutral_outside(d / mean, mask)
+
+
+def _keep_k(scores: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """1 on the k = ⌈ρ·N_valid⌉ valid positions with the largest `scores`, 0 on the other valid ones."""
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"weighting_rho must be in (0, 1], got {rho}")
+    valid = _valid(mask)
+    flat_scores = scores.float().masked_fill(~valid, float("-inf")).reshape(-1)  # (B*T,)
+    n_valid = int(valid.sum())
+    k = min(n_valid, math.ceil(rho * n_valid - 1e-9))
+    keep = torch.zeros_like(flat_scores)
+    if k > 0:
+        # stable descending sort: ties are kept in position order, so the choice is deterministic
+        order = torch.sort(flat_scores, descending=True, stable=True).indices[:k]
+        keep[order] = 1.0
+    return keep.reshape(scores.shape)
+
+
+@register_weighting("top_quantile")
+def weight_top_quantile(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """Only the ⌈ρ·N⌉ highest-divergence valid tokens carry the advantage (w = 1), the rest w = 0.
+
+    NaN divergences sort last (they are treated as the lowest), so they are never selected.
+    """
+    scores = torch.nan_to_num(div.float(), nan=float("-inf"))
+    return _neutral_outside(_keep_k(scores, mask, params.rho), mask)
+
+
+@register_weighting("random_quantile")
+def weight_random_quantile(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
+    """The control for `top_quantile`: the same number ⌈ρ·N⌉ of valid tokens, chosen uniformly at random."""
+    gen = torch.Generator(device="cpu").manual_seed(int(params.seed))
+    scores = torch.rand(div.shape, generator=gen).to(div.device)  # (B, T) i.i.d. U(0,1)
+    return _neutral_outside(_keep_k(scores, mask, params.rho), mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Renormalisation and the safe entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def renormalize(
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "none",
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Rescale weights to mean 1 over valid tokens, so the effective step size is unchanged.
+
+    sequence:  w_{i,t} / ( Σ_t m_{i,t} w_{i,t} / Σ_t m_{i,t} )   per row; a row whose weights sum to
+               0 (e.g. top_quantile picked none of its tokens) stays 0: it has no signal to rescale.
+    batch:     w / ( Σ m w / Σ m ) over the whole batch, summed across processes by `all_reduce_sum`
+               (a function summing a tensor over ranks) when given.
+    """
+    if mode == "none":
+        return weights
+    m = mask.to(weights.dtype)  # (B, T)
+    if mode == "sequence":
+        total = (weights * m).sum(-1, keepdim=True)  # (B, 1)
+        count = m.sum(-1, keepdim=True)  # (B, 1)
+        mean = torch.where(total != 0, total / count.clamp(min=1.0), torch.ones_like(total))  # (B, 1)
+        out = weights / mean
+    elif mode == "batch":
+        stats = torch.stack([(weights * m).sum(), m.sum()])  # (2,)
+        if all_reduce_sum is not None:
+            stats = all_reduce_sum(stats)
+        mean = stats[0] / stats[1].clamp(min=1.0)
+        out = weights / mean if mean != 0 else weights
+    else:
+        raise ValueError(f"unknown weighting_renormalize {mode!r}; valid modes: {', '.join(RENORMALIZE_MODES)}")
+    return torch.where(mask.bool(), out, torch.ones_like(out))
+
+
+def compute_weights(
+    name: str,
+    div: torch.Tensor,
+    mask: torch.Tensor,
+    params: WeightingParams | None = None,
+    renormalize_mode: str = "none",
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Weights for `div` by the registered function `name`, renormalised, with no NaN/inf left.
+
+    Args:
+        div: `(B, T)` detached divergence (may contain inf, e.g. KL on top-p truncated distributions).
+        mask: `(B, T)` 1 on tokens the loss uses.
+
+    Returns:
+        (weights `(B, T)` float32 detached and finite, number of valid tokens whose weight was NaN/inf
+        and was replaced by 1).
+    """
+    params = params or WeightingParams()
+    with torch.no_grad():
+        w = get_weighting(name)(div.detach(), mask, params)  # (B, T)
+        w = renormalize(w, mask, renormalize_mode, all_reduce_sum)
+        bad = ~torch.isfinite(w)  # (B, T)
+        n_bad = int((bad & mask.bool()).sum())
+        w = torch.where(bad, torch.ones_like(w), w)
+    return w.float().detach(), n_bad
