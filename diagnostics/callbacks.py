@@ -79,13 +79,16 @@ def snapshot_model(model) -> torch.nn.Module:
     if not hasattr(model, "config"):
         raise ValueError("base_model=None snapshots the policy, which needs a transformers model with a .config; "
                          "pass base_model= explicitly")
+    if hasattr(model, "peft_config"):
+        raise ValueError("base_model=None cannot snapshot a PEFT model (the adapters are the trained part). Fix: pass "
+                         "base_model=PATH of the model the adapters were added to")
     param = next(model.parameters())
     copy = type(model)(model.config)
     copy.to(dtype=param.dtype)
     if _is_zero3(model):
-        from deepspeed.zero import GatheredParameters
+        import deepspeed  # `deepspeed.zero` is an attribute, not an importable submodule
 
-        with GatheredParameters(list(model.parameters()), modifier_rank=None):
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     else:
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

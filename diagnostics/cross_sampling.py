@@ -27,7 +27,8 @@ How the engine works (`co_decode`):
   (batched == unbatched), and two runs with different rules but the same seeds use the same
   random numbers (common random numbers: a threshold run and its pure-primary reference coincide
   up to the first switch). The `random` rule draws from a second per-sequence stream
-  (`rule_uniforms`), so switching decisions never shift the token stream.
+  (`rule_uniforms`: the same generator's next max_new_tokens numbers), so switching decisions
+  never shift the token stream.
 - A sequence stops at EOS (later positions are pad, never switched, JS 0) or at
   `max_new_tokens`; the loop ends when every sequence has stopped.
 
@@ -47,17 +48,26 @@ import torch
 from diagnostics.divergence import entropy, get_divergence, log_probs
 from diagnostics.switching import SwitchContext, SwitchRule
 
-RULE_STREAM_OFFSET = 1 << 32  # the rule stream of seed s is seeded with s + this offset
+def _streams(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two `(n,)` float32 U[0,1) streams of a sequence: token draws, then rule draws.
+
+    One CPU generator per sequence: the first n numbers drive token sampling, the next n the
+    switching rule. (torch's CPU generator keeps only the low 32 bits of a seed, so seeds that
+    differ by a multiple of 2**32 give the same streams.)
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    tok = torch.rand(n, generator=g)
+    return tok, torch.rand(n, generator=g)
 
 
 def token_uniforms(seed: int, n: int) -> torch.Tensor:
-    """`(n,)` float32 U[0,1): the token-sampling stream of a sequence with seed `seed`."""
-    return torch.rand(n, generator=torch.Generator().manual_seed(int(seed)))
+    """`(n,)` float32 U[0,1): the token-sampling stream, `torch.rand(n, Generator().manual_seed(seed))`."""
+    return _streams(seed, n)[0]
 
 
 def rule_uniforms(seed: int, n: int) -> torch.Tensor:
-    """`(n,)` float32 U[0,1): the switching-rule stream of a sequence with seed `seed`."""
-    return torch.rand(n, generator=torch.Generator().manual_seed(int(seed) + RULE_STREAM_OFFSET))
+    """`(n,)` float32 U[0,1): the switching-rule stream (the same generator's next n numbers)."""
+    return _streams(seed, n)[1]
 
 
 def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -231,8 +241,9 @@ def co_decode(
     div_fn = get_divergence(divergence)
     greedy = temperature == 0
     t_dist = 1.0 if greedy else temperature
-    u_tok = torch.stack([token_uniforms(s, max_new_tokens) for s in seeds]).to(device)  # (B, N)
-    u_rule = torch.stack([rule_uniforms(s, max_new_tokens) for s in seeds]).to(device)  # (B, N)
+    streams = [_streams(s, max_new_tokens) for s in seeds]
+    u_tok = torch.stack([a for a, _ in streams]).to(device)  # (B, N)
+    u_rule = torch.stack([b for _, b in streams]).to(device)  # (B, N)
 
     mask = attention_mask.to(device=device, dtype=torch.long)  # (B, P)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, P): real tokens 0..n-1, pads 0 (masked anyway)

@@ -193,25 +193,30 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"forward": "tab:blue", "backward": "tab:red"}
+    refs = summary["references"]
+    top = 100 * max(refs["base"]["accuracy"], refs["rl"]["accuracy"])
     for direction in ("forward", "backward"):
         for control in (False, True):
             runs = sorted((r for r in summary["runs"] if r["direction"] == direction and r["control"] == control),
                           key=lambda r: r["effective_share"])
             if not runs:
                 continue
-            xs = [100 * r["effective_share"] for r in runs]
-            ys = [100 * r["accuracy"] for r in runs]
+            # every curve starts at 0% switched = the primary's own accuracy
+            xs = [0.0] + [100 * r["effective_share"] for r in runs]
+            ys = [100 * summary["references"][runs[0]["primary"]]["accuracy"]] + [100 * r["accuracy"] for r in runs]
+            top = max(top, *ys)
             label = f"{direction} ({'random control' if control else summary['config']['rule']})"
             ax.plot(xs, ys, ls="--" if control else "-", marker="x" if control else "o", color=colors[direction],
                     alpha=0.7 if control else 1.0, label=label)
             if not control:
-                for r, x, y in zip(runs, xs, ys):
+                for r, x, y in zip(runs, xs[1:], ys[1:]):
                     if r["value"] is not None:
                         ax.annotate(f"{r['value']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                                     color=colors[direction])
-    refs = summary["references"]
     ax.axhline(100 * refs["base"]["accuracy"], color="gray", ls=":", label=f"pure base {100 * refs['base']['accuracy']:.1f}%")
     ax.axhline(100 * refs["rl"]["accuracy"], color="black", ls=":", label=f"pure RL {100 * refs['rl']['accuracy']:.1f}%")
+    ax.set_ylim(0, min(100.0, top * 1.15) + 2)
+    ax.set_xlim(left=0)
     ax.set_xlabel("effective % of switched tokens per answer")
     ax.set_ylabel(f"accuracy, mean@{summary['config']['num_samples']} (%)")
     ax.set_title("Cross-sampling: forward = base + RL tokens, backward = RL + base tokens", fontsize=9)

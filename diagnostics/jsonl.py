@@ -118,7 +118,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if is_last:
                 logger.warning("%s: ignoring a torn last line (%d chars)", path, len(line))
                 continue
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({err.msg}). Fix: repair or remove that line") from None
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({err.msg}). "
+                             f"Fix: repair or remove that line") from None
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: line {i + 1} is a {type(rec).__name__}, expected a JSON object")
         records.append(rec)

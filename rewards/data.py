@@ -5,7 +5,7 @@
     load_math_dataset("openai/gsm8k", "test", subset="main",
                       problem_column="question", answer_column="answer")        # hub id (needs network)
     load_math_dataset("data/math500.jsonl", answer_column="solution",
-                      gold_format="math", system_prompt="Put the final answer in \\boxed{}.")
+                      gold_format="boxed", system_prompt="Put the final answer in \\boxed{}.")
 
 One path for every source, so the tiny world exercises exactly the code real datasets go through:
 load -> check the mapped columns -> normalize gold answers (`rewards.math.normalize_gold`: GSM8K
@@ -23,6 +23,19 @@ logger = logging.getLogger(__name__)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Problems generated for the tiny world when `num_samples` is None.
 TINY_DEFAULT_SIZE = {"train": 2000, "test": 200}
+# `rewards.math.normalize_gold` formats; "math" is accepted as another name for "boxed".
+GOLD_FORMATS = ("auto", "gsm8k", "boxed", "plain")
+GOLD_FORMAT_ALIASES = {"math": "boxed"}
+
+
+def _is_empty_file(path: Path) -> bool:
+    """True for a local data file without rows (datasets' own error for these is cryptic)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows == 0
+    head = path.read_text(errors="replace")[:64].strip()
+    return head in ("", "[]") or (head.startswith("[") and head[1:].strip() == "]")
 
 
 def _load_raw(source: str, split: str, subset: str | None, seed: int, num_samples: int | None):
@@ -52,6 +65,9 @@ def _load_raw(source: str, split: str, subset: str | None, seed: int, num_sample
         if None in kinds or len(kinds) != 1:
             raise ValueError(f"dataset {source}: cannot mix or read formats {sorted(f.suffix for f in files)}. "
                              "Fix: use only .json/.jsonl or only .parquet files")
+        if all(_is_empty_file(f) for f in files):
+            raise ValueError(f"dataset {source!r} (split {split!r}) is empty: {', '.join(map(str, files))} "
+                             "hold(s) no rows. Fix: point it at a file/split with rows")
         try:
             return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
         except datasets.exceptions.DatasetGenerationError as err:
@@ -66,34 +82,14 @@ def _load_raw(source: str, split: str, subset: str | None, seed: int, num_sample
                          "unset HF_HUB_OFFLINE if you have network, or pass a local .json/.jsonl/.parquet file") from err
 
 
-def _fallback_normalize_gold(gold: str, fmt: str = "auto") -> str | None:
-    """TEMPORARY stand-in until `rewards.math.normalize_gold` lands (then this is deleted)."""
-    import re
-
-    gold = gold.strip()
-    if fmt in ("auto", "gsm8k") and "####" in gold:
-        return gold.rsplit("####", 1)[1].strip().replace(",", "")
-    if fmt in ("auto", "math") and "\\boxed{" in gold:
-        start = gold.rindex("\\boxed{") + len("\\boxed{")
-        depth, i = 1, start
-        while i < len(gold) and depth:
-            depth += {"{": 1, "}": -1}.get(gold[i], 0)
-            i += 1
-        return gold[start:i - 1].strip() if depth == 0 else None
-    if fmt == "math":
-        return None
-    return re.sub(r"\s+", " ", gold) or None
-
-
 def _normalizer(gold_format: str):
-    try:
-        from rewards.math import normalize_gold
-    except ModuleNotFoundError as err:
-        if err.name != "rewards.math":
-            raise
-        logger.warning("rewards.math not available yet: using the fallback gold normalizer")
-        normalize_gold = _fallback_normalize_gold
-    return lambda gold: normalize_gold(gold, gold_format)
+    from rewards.math import normalize_gold
+
+    fmt = GOLD_FORMAT_ALIASES.get(gold_format, gold_format)
+    if fmt not in GOLD_FORMATS:
+        raise ValueError(f"unknown gold format {gold_format!r}. Fix: pass --gold-format / gold_format as one of "
+                         f"{GOLD_FORMATS + tuple(GOLD_FORMAT_ALIASES)}")
+    return lambda gold: normalize_gold(gold, fmt)
 
 
 def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples: int | None = None,
@@ -108,8 +104,8 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
         num_samples: tiny: how many problems to generate (default `TINY_DEFAULT_SIZE[split]`);
             other sources: keep the first `num_samples` rows (None = all).
         problem_column / answer_column: source columns holding the problem text and the gold.
-        gold_format: "auto", "gsm8k" (`... #### 42`), "math" (`\\boxed{}` in a solution) or "plain";
-            passed to `rewards.math.normalize_gold`.
+        gold_format: "auto", "gsm8k" (`... #### 42`), "boxed" (alias "math": last `\\boxed{}` of a
+            solution) or "plain"; passed to `rewards.math.normalize_gold`.
         system_prompt: if given, prepended as a system turn.
         seed: tiny world's seed (ignored for other sources, which keep their order).
         subset: hub dataset configuration name (e.g. "main" for openai/gsm8k).
@@ -120,6 +116,7 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 or None, got {num_samples}. Fix: pass a positive limit or none")
+    normalize = _normalizer(gold_format)
     if source == "tiny":
         problem_column, answer_column = "problem", "answer"
     raw = _load_raw(source, split, subset, seed, num_samples)
@@ -133,7 +130,6 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
     if num_samples is not None and len(raw) > num_samples:
         raw = raw.select(range(num_samples))
 
-    normalize = _normalizer(gold_format)
     problems, answers, prompts, dropped = [], [], [], []
     for i, (problem, gold) in enumerate(zip(raw[problem_column], raw[answer_column])):
         try:
@@ -155,7 +151,7 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
                        "normalized as %r (first rows: %s)", source, len(dropped), len(raw), gold_format, dropped[:5])
     if not problems:
         raise ValueError(f"dataset {source!r}: none of the {len(raw)} rows has a usable gold answer in column "
-                         f"{answer_column!r} with gold_format={gold_format!r}. Fix: set --gold-format (gsm8k, math, "
+                         f"{answer_column!r} with gold_format={gold_format!r}. Fix: set --gold-format (gsm8k, boxed, "
                          "plain) or --answer-column to the column holding the final answer")
 
     from datasets import Dataset

@@ -28,9 +28,9 @@ MAX_ANSWER_CHARS = 512
 MAX_BOX_TRIES = 8
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_ANSWER_PHRASE_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]{1,600})", re.IGNORECASE
-)
+_ANSWER_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*", re.IGNORECASE)
+_SCI_RE = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})")
+_LATEX_TOKEN_RE = re.compile(r"\\[a-zA-Z]+|\\.|\S")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _INT_RE = re.compile(r"-?\d{1,15}")  # <= 15 digits: exactly what math-verify's numeric compare resolves
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -94,11 +94,11 @@ def _answer_phrase(text: str) -> str | None:
         pass
     if last is None:
         return None
-    ans = last.group(1).strip()
+    ans = text[last.end() : last.end() + 600].split("\n", 1)[0].strip()
     inline = re.search(r"\$([^$]+)\$|\\\((.+?)\\\)", ans)  # prefer an inline-math span if present
     if inline:
         return inline.group(1) or inline.group(2)
-    ans = re.split(r"(?<!\d)\.(?:\s|$)|\.\s", ans)[0]  # cut at the end of the sentence
+    ans = re.split(r"\.(?:\s|$)", ans)[0]  # cut at the end of the sentence
     return ans.strip() or None
 
 
@@ -158,12 +158,46 @@ def canonical(ans: str, *, strip_equation: bool = True) -> str:
         m = _EQUATION_LHS_RE.match(s)
         if m:
             s = s[m.end() :].strip()
+    m = _SCI_RE.fullmatch(s)
+    if m:  # 1e3 -> 1\times 10^{3} (math-verify reads `1e3` as 1*e*3)
+        s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
     m = _CHOICE_RE.fullmatch(s)
     if m:
         s = m.group(1)
     return s
+
+
+def latex_tokens(s: str) -> tuple[str, ...]:
+    """LaTeX tokens (macros, escaped chars, single non-space chars). Whitespace in math mode only
+    ends macro names, so equal token sequences mean the same formula: `(1, 2]` == `(1,2]`."""
+    return tuple(_LATEX_TOKEN_RE.findall(s))
+
+
+def strip_percent(s: str) -> str:
+    """`12.5\\%` -> `12.5` (used only when the gold has no percent sign)."""
+    return re.sub(r"\s*\\?%$", "", s)
+
+
+_DECIMAL_RE = re.compile(r"-?(?:\d{1,15}(?:\.\d{0,15})?|\.\d{1,15})")
+_FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d{1,15})\}\{(\d{1,15})\}|(-?\d{1,15})/(\d{1,15})")
+
+
+def exact_number(s: str):
+    """`Fraction` for an integer, decimal, `a/b` or `\\frac{a}{b}` (<= 15 digits each), else None."""
+    from fractions import Fraction
+
+    if _DECIMAL_RE.fullmatch(s):
+        return Fraction(s)
+    m = _FRAC_RE.fullmatch(s)
+    if m is None:
+        return None
+    if m.group(2) is not None:
+        num, den, sign = int(m.group(2)), int(m.group(3)), -1 if m.group(1) else 1
+    else:
+        num, den, sign = int(m.group(4)), int(m.group(5)), 1
+    return None if den == 0 else sign * Fraction(num, den)
 
 
 def is_plain_int(s: str) -> bool:

@@ -120,13 +120,18 @@ class _Worker:
             logger.warning("verifier worker pid %s did not die cleanly: %s", self.proc.pid, e)
         self.conn.close()
 
-    def stop(self) -> None:
-        """Polite shutdown: ask to exit, then kill if it does not."""
+    def request_stop(self) -> None:
         try:
             self.conn.send(None)
-            self.proc.wait(timeout=1)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass  # already gone or stuck: killed next line
+        except (OSError, ValueError):
+            pass  # already gone: kill() below reaps it
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Polite shutdown (after `request_stop`): wait up to `grace` s, then kill."""
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            logger.debug("verifier worker pid %s ignored the stop request; killing", self.proc.pid)
         self.kill()
 
 
@@ -165,6 +170,28 @@ class VerifierPool:
         with self._lock:
             self._ensure_started()
 
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> bool:
+        """Start the workers and block until all report ready (True) or `timeout` passes (False).
+        Optional: call it at trainer start so the first batch does not pay the ~1 s startup."""
+        with self._lock:
+            self._ensure_started()
+            end = time.monotonic() + timeout
+            while True:
+                starting = {w.conn: w for w in self._workers if not w.ready}
+                if not starting:
+                    return bool(self._workers)
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                for conn in wait(list(starting), timeout=left):
+                    w = starting[conn]
+                    try:
+                        w.ready = conn.recv() == "ready"
+                    except (EOFError, OSError):
+                        logger.warning("verifier worker pid %s died during startup; restarting", w.proc.pid)
+                        self._start_failures += 1
+                        self._replace(w, "startup")
+
     def _ensure_started(self) -> None:
         if self._closed:
             raise RuntimeError("VerifierPool is closed. Fix: create a new pool (or use rewards.pool.get_pool())")
@@ -186,7 +213,10 @@ class VerifierPool:
         """Stop all workers (idempotent; registered with atexit)."""
         self._closed = True
         for w in self._workers:
-            w.stop()
+            w.request_stop()
+        end = time.monotonic() + 1.0
+        for w in self._workers:
+            w.stop(grace=max(0.0, end - time.monotonic()))
         self._workers = []
 
     # -- scoring -----------------------------------------------------------------------------

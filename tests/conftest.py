@@ -69,3 +69,18 @@ def tiny_policy_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir():
+    """The tiny world's trained base, fast preset ("ci": competent but flawed; see docs/tiny_world.md).
+
+    Built once into `<repo>/.cache/tiny-base-ci/` (gitignored) and reused across sessions via the
+    config hash in its tiny_base.json; about a minute of CPU the first time, instant afterwards.
+    """
+    from pathlib import Path
+
+    from train.tiny_base import build_tiny_base
+
+    path = Path(__file__).resolve().parent.parent / ".cache" / "tiny-base-ci"
+    return build_tiny_base(path, seed=0, preset="ci", progress=False, num_threads=1)

@@ -68,7 +68,7 @@ class DivergenceGRPOConfig(GRPOConfig):
         },
     )
     divergence_chunk_size: int = field(
-        default=1024,
+        default=256,
         metadata={
             "help": "Token rows per chunk of the full-vocabulary divergence pass: at most `chunk x vocab` float32 "
             "logits of each model are alive at once (never a full (B, T, V) copy). Lower it if memory is tight."
@@ -251,3 +251,16 @@ def new_fields() -> list:
     """The dataclass fields DivergenceGRPOConfig adds to GRPOConfig (docs table, help-text test)."""
     parent = {f.name for f in fields(GRPOConfig)}
     return [f for f in fields(DivergenceGRPOConfig) if f.name not in parent]
+
+
+def fields_markdown() -> str:
+    """The Markdown table of the new fields (name, default, help) that docs/trainer.md embeds.
+
+    Regenerate the docs table with `python -c "from train.config import fields_markdown; print(fields_markdown())"`;
+    tests/train/test_config.py fails when docs/trainer.md drifts from it.
+    """
+    lines = ["| field | default | what it does |", "|---|---|---|"]
+    for f in new_fields():
+        help_text = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| `{f.name}` | `{f.default!r}` | {help_text} |")
+    return "\n".join(lines)

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps per variant (default 200, quick 30)")
     p.add_argument("--eval-problems", type=int, default=None, help="held-out problems for mean@K (default 200)")
     p.add_argument("--eval-samples", type=int, default=None, help="K of mean@K (default 8)")
+    p.add_argument("--cross-values", default=None,
+                   help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.02,0.05,0.1,0.2)")
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
     return p
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = dict(QUICK if args.quick else FULL)
-    for key in ("grpo_steps", "eval_problems", "eval_samples"):
+    for key in ("grpo_steps", "eval_problems", "eval_samples", "cross_values"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if cfg["grpo_steps"] < 1 or cfg["eval_problems"] < 1 or cfg["eval_samples"] < 1:

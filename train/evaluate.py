@@ -3,7 +3,7 @@
     sparse-rlvr eval --model outputs/tiny-base --split test --num-samples 8 --temperature 1.0 \
         --output outputs/eval.json
     sparse-rlvr eval --model Qwen/Qwen2.5-Math-1.5B --dataset data/math500.jsonl \
-        --answer-column solution --gold-format math --system-prompt "Put the final answer in \\boxed{}." \
+        --answer-column solution --gold-format boxed --system-prompt "Put the final answer in \\boxed{}." \
         --num-samples 4 --max-new-tokens 1024 --output math500.json
 
 Definitions (K = num_samples, N problems, r_ij in {0, 1} the verified reward of sample j of problem i):
@@ -30,19 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def _score_batch(completions: list[str], golds: list[str]) -> list[float]:
-    try:
-        from rewards.math import score_batch
-    except ModuleNotFoundError as err:
-        if err.name != "rewards.math":
-            raise
-        # TEMPORARY until rewards.math lands: exact match of the last \boxed{...} (no nesting).
-        logger.warning("rewards.math not available yet: scoring by exact match of the last \\boxed{}")
+    from rewards.math import score_batch
 
-        def last_boxed(text):
-            found = re.findall(r"\\boxed\{([^{}]*)\}", text)
-            return found[-1].strip() if found else None
-
-        return [float(last_boxed(c) == g.strip()) for c, g in zip(completions, golds)]
     return list(score_batch(completions, golds))
 
 
@@ -188,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--problem-column", default="problem", help="column with the problem text (default: problem)")
     p.add_argument("--answer-column", default="answer", help="column with the gold answer (default: answer)")
-    p.add_argument("--gold-format", default="auto", choices=["auto", "gsm8k", "math", "plain"],
-                   help="how to read the gold: gsm8k '#### 42', math '\\boxed{}' solution, plain, or auto (default)")
+    p.add_argument("--gold-format", default="auto", choices=["auto", "gsm8k", "boxed", "math", "plain"],
+                   help="how to read the gold: gsm8k '#### 42', boxed (alias math) = last '\\boxed{}' of a solution, "
+                        "plain, or auto (default: gsm8k if '####', else boxed if a \\boxed{}, else plain)")
     p.add_argument("--system-prompt", default=None, help="optional system turn prepended to every prompt")
     p.add_argument("--limit", type=int, default=None,
                    help="number of problems (tiny: how many to generate, default 200 for test; others: first N rows)")

@@ -200,7 +200,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
 
 
 def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
-    """mean@K / pass@K of the trained model on the held-out split; main process only, others wait.
+    """mean@K / pass@K of the trained model on the held-out split; main process only.
 
     Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`; the others
     evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded.
@@ -227,7 +227,8 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
         logger.info("final evaluation on %s/%s: %s (-> %s)", script_args.dataset_name,
                     script_args.dataset_test_split, summary, path)
         acc.print(f"final evaluation: {summary}")
-    acc.wait_for_everyone()
+    # No barrier here: the other ranks may finish while rank 0 evaluates (a long evaluation would
+    # otherwise run into the process group's timeout, `ddp_timeout`, 30 min by default).
     return result
 
 
@@ -238,10 +239,9 @@ def run(script_args: GRPOScriptArguments, training_args, model_args, *, callback
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the full log_history (shift/ metrics included)
-    if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"model saved to {training_args.output_dir}")
+    trainer.accelerator.print(f"model and tokenizer saved to {training_args.output_dir}")
     eval_result = final_evaluation(trainer, script_args, training_args) if script_args.eval_num_samples > 0 else None
+    trainer.end()  # finish trackers, destroy the process group: nothing collective may follow
     return {"train": train_result.metrics, "eval": eval_result}
 
 

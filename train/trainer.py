@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -89,7 +89,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         if args.loss_type in UNSUPPORTED_LOSS_TYPES and args.weighting != "none":  # re-check: fields are mutable
             raise ValueError(f"loss_type={args.loss_type!r} does not support (B, T) advantages; use 'dapo' or 'grpo'.")
         peft_config = kwargs.get("peft_config")
-        will_be_peft = peft_config is not None or is_peft_model(model)
+        will_be_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
         # The base defaults to the policy's initial weights. A policy passed as an instance may exist only in
         # memory, so copy it now, before TRL patches its forward and training changes it.
         initial_copy = None
@@ -214,7 +214,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         return all(getattr(cfg, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
     def _completion_logit_rows(self, module, input_ids, attention_mask, logits_to_keep):
-        """Return `rows(slice) -> (c, V)` logits predicting the completion tokens of this micro-batch.
+        """Return `(rows, head_params)`: `rows(slice) -> (c, V)` logits predicting this micro-batch's
+        completion tokens, and the LM-head parameters to gather (ZeRO-3) while `rows` is used.
 
         Rows index the flattened `(mb · C)` completion positions. Position t's logits come from the
         hidden state at t − 1, so the completion's C tokens use hidden states [−C−1, −1).
@@ -229,16 +230,14 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             head = core.get_output_embeddings()
 
             def rows(sl):
-                w, b = head.weight, head.bias
-                with maybe_gather_lm_head_ctx(w, b):
-                    return F.linear(flat[sl].to(w.dtype), w, b)  # (c, V)
+                return F.linear(flat[sl].to(head.weight.dtype), head.weight, head.bias)  # (c, V)
 
-            return rows
+            return rows, (head.weight, head.bias)
         with self.accelerator.autocast():
             logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=c + 1,
                             use_cache=False).logits[:, :-1]  # (mb, C, V) model dtype
         flat = logits.reshape(-1, logits.size(-1))  # (mb·C, V)
-        return lambda sl: flat[sl]
+        return (lambda sl: flat[sl]), ()
 
     @torch.no_grad()
     def _base_vs_policy(self, input_ids, attention_mask, completion_ids, logits_to_keep, batch_size):
@@ -261,27 +260,37 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 end = min(start + batch_size, n)
                 ids, am = input_ids[start:end], attention_mask[start:end]
                 with self._as_base():  # PEFT: the LM head carries no adapter, so projecting later is exact
-                    base_rows = self._completion_logit_rows(self._base_module(), ids, am, c)
-                policy_rows = self._completion_logit_rows(self.model, ids, am, c)
+                    base_rows, base_head = self._completion_logit_rows(self._base_module(), ids, am, c)
+                policy_rows, policy_head = self._completion_logit_rows(self.model, ids, am, c)
                 n_rows = (end - start) * c
-                for r0 in range(0, n_rows, args.divergence_chunk_size):
-                    sl = slice(r0, min(r0 + args.divergence_chunk_size, n_rows))
-                    glob = slice(start * c + sl.start, start * c + sl.stop)
-                    lb = log_probs(base_rows(sl), temp)  # (c, V) float32
-                    lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
-                    out["ent_base"][glob] = entropy(lb)
-                    out["ent_policy"][glob] = entropy(lp)
-                    if sampled:
-                        tok = tokens[glob].unsqueeze(-1)  # (c, 1)
-                        # the policy sampled the token: estimate KL(policy ‖ base)
-                        out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
-                    else:
-                        if args.divergence_top_p is not None and args.divergence_top_p < 1.0:
-                            lb = log_probs(base_rows(sl), temp, args.divergence_top_p)
-                            lp = log_probs(policy_rows(sl), temp, args.divergence_top_p)
-                        out["div"][glob] = fn(lb, lp)
-                    del lb, lp
+                heads = ExitStack()  # ZeRO-3: gather each LM head once per micro-batch, not once per chunk
+                heads.enter_context(maybe_gather_lm_head_ctx(*base_head))
+                heads.enter_context(maybe_gather_lm_head_ctx(*policy_head))
+                with heads:
+                    self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, fn, sampled)
         return {k: v.view(n, c) for k, v in out.items()}
+
+    def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
+        """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`)."""
+        args = self.args
+        for r0 in range(0, n_rows, args.divergence_chunk_size):
+            sl = slice(r0, min(r0 + args.divergence_chunk_size, n_rows))
+            glob = slice(offset + sl.start, offset + sl.stop)
+            lb = log_probs(base_rows(sl), temp)  # (c, V) float32
+            lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
+            out["ent_base"][glob] = entropy(lb)
+            out["ent_policy"][glob] = entropy(lp)
+            if sampled:
+                tok = tokens[glob].unsqueeze(-1)  # (c, 1)
+                # the policy sampled the token: estimate KL(policy ‖ base)
+                out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
+            else:
+                if args.divergence_top_p is not None and args.divergence_top_p < 1.0:
+                    # log_softmax of log-probs is the identity, so this truncates without a second matmul
+                    lb = log_probs(lb, 1.0, args.divergence_top_p)
+                    lp = log_probs(lp, 1.0, args.divergence_top_p)
+                out["div"][glob] = fn(lb, lp)
+            del lb, lp
 
     # ----------------------------------------------------------------------------------------------
     # Overrides

@@ -102,8 +102,8 @@ def grpo_args(model_dir, output_dir, *, max_steps: int = 2, **overrides) -> list
     }
     args.update(overrides)
     out: list[str] = []
-    for key, value in args.items():
-        out += [f"--{key}", str(value)]
+    for key, value in args.items():  # a list value is a list field: `--key v1 v2`
+        out += [f"--{key}", *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
     return out
 
 

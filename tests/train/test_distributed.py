@@ -1,0 +1,112 @@
+"""2-process runs of the divergence-weighted trainer on CPU: DDP (gloo), DeepSpeed ZeRO-2, ZeRO-3, LoRA.
+
+Each test launches `train/grpo.py` (through `_dist_helpers.py`, which adds a per-rank log callback)
+with `accelerate launch --config_file accelerate_configs/cpu_*.yaml` on the random tiny Llama
+fixtures: 2 training steps, 8-token completions. The base model is a *different* random Llama with
+the same tokenizer (`tiny_policy_dir`), so the divergence is non-zero from the first step. What is
+checked: both ranks really ran (world size 2, gloo, the expected DeepSpeed stage), every step
+logged its `shift/` metrics exactly once on every rank, the metrics are identical across ranks
+(reduced over processes before logging), rank 0's trainer_state.json holds the same values, and
+the final model was saved. ~30-90 s per test on 2 idle cores (mostly imports and DeepSpeed start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from _dist_helpers import grpo_args, launch, read_rank_logs, shift_logs
+
+pytestmark = [pytest.mark.distributed]
+
+MAX_STEPS = 2
+EXPECTED = {  # config -> (accelerate's distributed type, DeepSpeed ZeRO stage)
+    "cpu_ddp": ("DistributedType.MULTI_CPU", None),
+    "cpu_zero2": ("DistributedType.DEEPSPEED", 2),
+    "cpu_zero3": ("DistributedType.DEEPSPEED", 3),
+}
+
+
+def _fail_message(proc) -> str:
+    return f"exit code {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}\n--- stderr (tail) ---\n{proc.stderr[-6000:]}"
+
+
+def _check_two_ranks(log_dir, distributed_type, zero_stage) -> dict[int, list[dict]]:
+    logs = read_rank_logs(log_dir)
+    assert sorted(logs) == [0, 1], f"expected rank0/rank1 logs, got ranks {sorted(logs)}"
+    for rank, records in logs.items():
+        begin = records[0]
+        assert begin["event"] == "begin"
+        assert begin["world_size"] == 2 and begin["backend"] == "gloo", begin
+        assert begin["distributed_type"] == distributed_type, begin
+        assert begin["zero_stage"] == zero_stage, begin
+        assert begin["device"].startswith("cpu"), begin
+    return logs
+
+
+def _check_shift_once_and_equal(logs: dict[int, list[dict]]) -> dict[int, dict]:
+    per_rank = {rank: shift_logs(records) for rank, records in logs.items()}
+    for rank, records in logs.items():
+        steps = [r["step"] for r in records if r["event"] == "log" and any(k.startswith("shift/") for k in r["logs"])]
+        assert steps == list(range(1, MAX_STEPS + 1)), f"rank {rank}: shift/ metrics logged at steps {steps}"
+    rank0, rank1 = per_rank[0], per_rank[1]
+    for step, metrics in rank0.items():
+        assert {"shift/divergence_mean", "shift/weight_mean", "shift/frac_above_0.1"} <= set(metrics)
+        # Reduced across processes before logging: both ranks must report the very same numbers.
+        assert metrics == rank1[step], f"step {step}: rank 0 {metrics} != rank 1 {rank1[step]}"
+        for key, value in metrics.items():
+            assert value is None or math.isfinite(value), f"{key}={value} at step {step}"
+    return rank0
+
+
+def _check_trainer_state(output_dir, rank0_shift: dict[int, dict]) -> None:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    from_state = {
+        e["step"]: {k: v for k, v in e.items() if k.startswith("shift/")}
+        for e in state["log_history"] if any(k.startswith("shift/") for k in e)
+    }
+    assert sorted(from_state) == sorted(rank0_shift)
+    for step, metrics in rank0_shift.items():
+        for key, value in metrics.items():  # None = undefined this step (e.g. a top-1% share of < 100 tokens)
+            expected = None if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)
+            assert from_state[step][key] == expected, (step, key)
+
+
+@pytest.mark.parametrize("config_name", sorted(EXPECTED))
+def test_two_process_divergence_weighted_run(config_name, tiny_model_dir, tiny_policy_dir, tmp_path):
+    out, log_dir = tmp_path / "out", tmp_path / "logs"
+    args = grpo_args(tiny_model_dir, out, max_steps=MAX_STEPS, base_model_name_or_path=tiny_policy_dir,
+                     weighting="sigmoid", weighting_alpha=50.0)
+    proc = launch(config_name, args, rank_log_dir=log_dir)
+    assert proc.returncode == 0, _fail_message(proc)
+
+    logs = _check_two_ranks(log_dir, *EXPECTED[config_name])
+    rank0 = _check_shift_once_and_equal(logs)
+    # Two different random models: every token's JS is > 0, and sigmoid(alpha D) - 1/2 > 0 moves the
+    # weights above 1 (alpha = 50 so that D ~ 1e-3 gives w - 1 ~ s * 50e-3 / 4 ~ 1e-2 > 0).
+    for step, metrics in rank0.items():
+        assert 0.0 < metrics["shift/divergence_mean"] <= math.log(2), (step, metrics)
+        assert metrics["shift/weight_mean"] > 1.0, (step, metrics)
+        assert metrics["shift/weight_frac_not_one"] > 0.0, (step, metrics)
+    _check_trainer_state(out, rank0)
+    assert (out / "config.json").exists() and any(out.glob("*.safetensors")), sorted(p.name for p in out.iterdir())
+
+
+def test_two_process_lora_run(tiny_model_dir, tmp_path):
+    """LoRA under DDP: the base is the policy with its adapter disabled (no second model)."""
+    out, log_dir = tmp_path / "out", tmp_path / "logs"
+    args = grpo_args(tiny_model_dir, out, max_steps=MAX_STEPS, use_peft="true", lora_r=4, lora_alpha=8,
+                     lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    proc = launch("cpu_ddp", args, rank_log_dir=log_dir)
+    assert proc.returncode == 0, _fail_message(proc)
+
+    logs = _check_two_ranks(log_dir, "DistributedType.MULTI_CPU", None)
+    rank0 = _check_shift_once_and_equal(logs)
+    # Step 1's batch is generated before any update and LoRA's B matrices start at 0, so the policy
+    # equals the adapter-disabled base exactly there: D = 0 and sigmoid weights 1 + s(σ(0) - ½) = 1.
+    assert rank0[1]["shift/divergence_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rank0[1]["shift/weight_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert (out / "adapter_config.json").exists(), sorted(p.name for p in out.iterdir())
