@@ -116,43 +116,69 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | Non
     return truncated - torch.logsumexp(truncated, dim=-1, keepdim=True)
 
 
-def _xlogy_terms(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Σ_v p_v (log p_v − log q_v) with 0 where p_v = 0. `(..., V) -> (...)`."""
-    p = logp.exp()
-    diff = torch.where(p > 0, logp - logq, torch.zeros_like(logp))
-    return (p * diff).sum(dim=-1)
-
-
-def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """H(p) = −Σ p log p from log-probs `(..., V) -> (...)`, 0·log 0 = 0."""
-    p = logp.exp()
+def entropy(logp: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """H(p) = −Σ p log p from log-probs `(..., V) -> (...)` (pass `p = exp(logp)` if at hand), 0·log 0 = 0."""
+    p = logp.exp() if p is None else p
     return -(torch.where(p > 0, p * logp, torch.zeros_like(p))).sum(dim=-1)
+
+
+def _plogratio(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Σ_v p_v (log p_v − log q_v) given p = exp(logp) already; 0 where p_v = 0. `(..., V) -> (...)`."""
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(dim=-1)
+
+
+def _js_p(lb: torch.Tensor, lp: torch.Tensor, pb: torch.Tensor, pp: torch.Tensor) -> torch.Tensor:
+    # log m = log ½(p + q); where p_v = q_v exactly, log m = log p_v exactly (so JS(p, p) is exactly 0,
+    # which log(exp(x)) would not give). -inf only where p = q = 0 (those terms are skipped).
+    logm = torch.where(lb == lp, lb, torch.log(0.5 * (pb + pp)))  # (..., V)
+    return (0.5 * _plogratio(pb, lb, logm) + 0.5 * _plogratio(pp, lp, logm)).clamp(0.0, LN2)
+
+
+def _kl_forward_p(lb, lp, pb, pp):
+    return _plogratio(pb, lb, lp).clamp_min(0.0)
+
+
+def _kl_reverse_p(lb, lp, pb, pp):
+    return _plogratio(pp, lp, lb).clamp_min(0.0)
+
+
+def _tv_p(lb, lp, pb, pp):
+    return (0.5 * (pb - pp).abs().sum(dim=-1)).clamp(0.0, 1.0)
+
+
+# Built-in measures evaluated from log-probs AND probs, so a chunk pays exp() once per model
+# (token_stats); the registered functions below are the same math from log-probs alone.
+_WITH_PROBS = {"js": _js_p, "kl_forward": _kl_forward_p, "kl_reverse": _kl_reverse_p, "tv": _tv_p}
 
 
 @register_divergence("js")
 def js_divergence(logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
     """JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m), m = ½(p+q); clamped to [0, ln 2] against rounding."""
-    logm = torch.logaddexp(logp_base, logp_policy) - LN2  # (..., V); -inf only where p = q = 0
-    js = 0.5 * _xlogy_terms(logp_base, logm) + 0.5 * _xlogy_terms(logp_policy, logm)
-    return js.clamp(0.0, LN2)
+    return _js_p(logp_base, logp_policy, logp_base.exp(), logp_policy.exp())
 
 
 @register_divergence("kl_forward")
 def kl_forward(logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
     """KL(p_base ‖ q_policy); +inf where the policy gives 0 mass to a base-supported token."""
-    return _xlogy_terms(logp_base, logp_policy).clamp_min(0.0)
+    return _kl_forward_p(logp_base, logp_policy, logp_base.exp(), None)
 
 
 @register_divergence("kl_reverse")
 def kl_reverse(logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
     """KL(q_policy ‖ p_base), the direction TRL's `beta` penalty estimates."""
-    return _xlogy_terms(logp_policy, logp_base).clamp_min(0.0)
+    return _kl_reverse_p(logp_base, logp_policy, None, logp_policy.exp())
 
 
 @register_divergence("tv")
 def total_variation(logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
     """TV(p, q) = ½ Σ |p − q| in [0, 1]."""
-    return (0.5 * (logp_base.exp() - logp_policy.exp()).abs().sum(dim=-1)).clamp(0.0, 1.0)
+    return _tv_p(logp_base, logp_policy, logp_base.exp(), logp_policy.exp())
+
+
+def _measure(name: str, fn: DivergenceFn, lb, lp, pb, pp) -> torch.Tensor:
+    """A registered measure, reusing the chunk's probs when it is a built-in one."""
+    fast = _WITH_PROBS.get(name)
+    return fast(lb, lp, pb, pp) if fast is not None and DIVERGENCE_REGISTRY[name] is fn else fn(lb, lp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +257,7 @@ def token_divergence(
         for rows in _row_chunks(flat_b.shape[0], chunk_size):
             lb = log_probs(flat_b[rows], temperature, top_p)  # (c, V) float32
             lp = log_probs(flat_p[rows], temperature, top_p)  # (c, V) float32
-            out[rows] = fn(lb, lp)
+            out[rows] = _measure(measure, fn, lb, lp, lb.exp(), lp.exp())
             del lb, lp
     out = out.reshape(lead)
     if mask is not None:
@@ -289,8 +315,9 @@ def token_stats(
         for rows in _row_chunks(n, chunk_size):
             lb_full = log_probs(flat_b[rows], temperature)  # (c, V)
             lp_full = log_probs(flat_p[rows], temperature)  # (c, V)
-            out["entropy_base"][rows] = entropy(lb_full)
-            out["entropy_policy"][rows] = entropy(lp_full)
+            pb_full, pp_full = lb_full.exp(), lp_full.exp()  # (c, V) each, computed once per chunk
+            out["entropy_base"][rows] = entropy(lb_full, pb_full)
+            out["entropy_policy"][rows] = entropy(lp_full, pp_full)
             if flat_tok is not None:
                 tok = flat_tok[rows].unsqueeze(-1)  # (c, 1)
                 out["logp_base_token"][rows] = lb_full.gather(-1, tok).squeeze(-1)
@@ -310,10 +337,11 @@ def token_stats(
             if top_p is not None and top_p < 1.0:
                 lb = log_probs(flat_b[rows], temperature, top_p)
                 lp = log_probs(flat_p[rows], temperature, top_p)
+                pb, pp = lb.exp(), lp.exp()
             else:
-                lb, lp = lb_full, lp_full
+                lb, lp, pb, pp = lb_full, lp_full, pb_full, pp_full
             for m, fn in fns.items():
-                out[m][rows] = fn(lb, lp)
-            del lb_full, lp_full, lb, lp
+                out[m][rows] = _measure(m, fn, lb, lp, pb, pp)
+            del lb_full, lp_full, pb_full, pp_full, lb, lp, pb, pp
     out["top1_changed"] = out["top1_base"] != out["top1_policy"]
     return {key: (v.reshape(*lead, k) if key == "topk_overlap" else v.reshape(lead)) for key, v in out.items()}

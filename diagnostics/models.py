@@ -83,7 +83,8 @@ def check_same_vocabulary(base_tok, policy_tok, base_model=None, policy_model=No
     for attr in ("eos_token_id", "pad_token_id"):
         a, b = getattr(base_tok, attr, None), getattr(policy_tok, attr, None)
         if a is not None and b is not None and a != b:
-            logger.warning("%s tokenizers have different %s (%s vs %s); the base tokenizer's is used", where, attr, a, b)
+            logger.warning("%s tokenizers have different %s (%s vs %s); the base tokenizer's is used",
+                           where, attr, a, b)
     vb, vp = base_tok.get_vocab(), policy_tok.get_vocab()
     if vb != vp:
         diff = sorted(set(vb.items()) ^ set(vp.items()), key=lambda kv: kv[1])[:3]

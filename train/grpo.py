@@ -203,7 +203,8 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
     """mean@K / pass@K of the trained model on the held-out split; main process only.
 
     Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`; the others
-    evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded.
+    evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded. Not covered:
+    PEFT under ZeRO-3 / FSDP (output_dir then holds only the adapter).
     """
     from train.evaluate import evaluate_model
 
@@ -216,8 +217,8 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
         model = training_args.output_dir if sharded else acc.unwrap_model(trainer.model)
         tokenizer = None if sharded else trainer.processing_class
         result = evaluate_model(  # restores the model's train/eval mode itself
-            model, dataset, tokenizer=tokenizer, num_samples=script_args.eval_num_samples, temperature=script_args.eval_temperature,
-            top_p=script_args.eval_top_p,
+            model, dataset, tokenizer=tokenizer, num_samples=script_args.eval_num_samples,
+            temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
             max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
             batch_size=script_args.eval_batch_size, seed=training_args.seed,
         )

@@ -56,7 +56,8 @@ class TinyBaseConfig:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    max_steps: int = 500  # optimizer steps (fixed, so the build is deterministic for a seed)
+    mlp_ratio: float = 3.0  # SwiGLU intermediate size = mlp_ratio * hidden_size (hidden 128 -> ~0.86M params)
+    max_steps: int = 800  # optimizer steps (fixed, so the build is deterministic for a seed)
     batch_size: int = 64
     lr: float = 2e-3  # cosine schedule with warmup
     warmup_ratio: float = 0.05
@@ -192,7 +193,8 @@ def _train_and_save(config: TinyBaseConfig, out: Path, *, preset: str, time_budg
     transformers.set_seed(config.seed)
     tokenizer = build_tokenizer(default_corpus(n=config.tokenizer_corpus, seed=config.seed))
     model = transformers.LlamaForCausalLM(tiny_llama_config(
-        tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads))
+        tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+        intermediate_size=int(config.mlp_ratio * config.hidden_size)))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     n_params = sum(p.numel() for p in model.parameters())

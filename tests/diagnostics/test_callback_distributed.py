@@ -2,9 +2,10 @@
 
 The test launches this same file as the training script:
 
-    accelerate launch --multi_gpu --num_processes 2 tests/diagnostics/test_callback_distributed.py \
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml tests/diagnostics/test_callback_distributed.py \
         --model-dir DIR --probe FILE --output-dir OUT
-    DS_ACCELERATOR=cpu accelerate launch --config_file zero3.yaml tests/diagnostics/test_callback_distributed.py \
+    DS_ACCELERATOR=cpu accelerate launch --config_file accelerate_configs/cpu_zero3.yaml \
+        tests/diagnostics/test_callback_distributed.py \
         --model-dir DIR --probe FILE --output-dir OUT --snapshot-base
 
 Under ZeRO-3 the base is the snapshot of the policy's partitioned weights (gathered at train begin),
@@ -35,20 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ZERO3_YAML = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-deepspeed_config:
-  zero_stage: 3
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: false
-  zero3_save_16bit_model: true
-mixed_precision: 'no'
-num_machines: 1
-num_processes: 2
-use_cpu: false
-"""
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_ddp.yaml",  # the repository's verified CPU configs
+           "zero3": REPO / "accelerate_configs" / "cpu_zero3.yaml"}
 
 
 @pytest.mark.distributed
@@ -67,13 +57,8 @@ def test_two_process_run_writes_one_set_of_records(backend, tiny_model_dir, tiny
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    if backend == "ddp":
-        launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                  "--dynamo_backend", "no"]
-        extra = []
-    else:
-        (tmp_path / "zero3.yaml").write_text(ZERO3_YAML)
-        launch, extra = ["--config_file", str(tmp_path / "zero3.yaml")], ["--snapshot-base"]
+    launch = ["--config_file", str(CONFIGS[backend])]
+    extra = ["--snapshot-base"] if backend == "zero3" else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port", str(_free_port()),
            __file__, "--model-dir", str(tiny_model_dir), "--probe", str(probe_path), "--output-dir", str(out), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
