@@ -143,7 +143,7 @@ def make_trainer(args, name: str, model_dir: str):
     tok = AutoTokenizer.from_pretrained(model_dir)
     dataset = Dataset.from_dict({"prompt": ["Compute 1+1."] * 64})
     common = dict(
-        output_dir=tempfile.mkdtemp(prefix="bench_"), use_cpu=not torch.cuda.is_available(),
+        output_dir=tempfile.mkdtemp(prefix=f"out_{name}_", dir=model_dir), use_cpu=not torch.cuda.is_available(),
         bf16=False, per_device_train_batch_size=args.batch_size, num_generations=args.num_generations,
         max_completion_length=args.completion_length, max_steps=args.steps, logging_steps=1, report_to=[],
         save_strategy="no", learning_rate=1e-5, seed=0, disable_tqdm=True, gradient_checkpointing=False,

@@ -76,8 +76,10 @@ PRESETS: dict[str, dict] = {
     # ~0.8M parameters; the starting point (hidden 128, 4 layers, 4 heads, batch 64, lr 2e-3).
     "default": {},
     # For tests and the shortened demo: smaller and shorter, still competent-but-flawed.
-    "ci": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "max_steps": 400, "train_problems": 8000,
-           "eval_problems": 64},
+    # Smaller configs measured (seed 0, mean@8 T=1 / greedy on 64 test problems): hidden 64, 2 layers,
+    # 400 steps: 2% / 5%; hidden 96, 3 layers, 400 steps, lr 3e-3: 5% / 12%; this one: 15% / 42%.
+    "ci": {"hidden_size": 96, "num_layers": 3, "num_heads": 4, "mlp_ratio": 4.0, "max_steps": 600,
+           "train_problems": 8000, "eval_problems": 64},
 }
 
 

@@ -41,10 +41,10 @@ from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, 
 
 from diagnostics.divergence import (
     DIVERGENCE_REGISTRY,
-    entropy,
     get_divergence,
     get_sampled_estimator,
     log_probs,
+    pair_measures,
 )
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
 from train.weighting import compute_weights
@@ -278,18 +278,22 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             glob = slice(offset + sl.start, offset + sl.stop)
             lb = log_probs(base_rows(sl), temp)  # (c, V) float32
             lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
-            out["ent_base"][glob] = entropy(lb)
-            out["ent_policy"][glob] = entropy(lp)
             if sampled:
+                ent = pair_measures(lb, lp, (), entropies=True)
                 tok = tokens[glob].unsqueeze(-1)  # (c, 1)
                 # the policy sampled the token: estimate KL(policy ‖ base)
                 out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
-            else:
-                if args.divergence_top_p is not None and args.divergence_top_p < 1.0:
-                    # log_softmax of log-probs is the identity, so this truncates without a second matmul
-                    lb = log_probs(lb, 1.0, args.divergence_top_p)
-                    lp = log_probs(lp, 1.0, args.divergence_top_p)
-                out["div"][glob] = fn(lb, lp)
+            elif args.divergence_top_p is not None and args.divergence_top_p < 1.0:
+                ent = pair_measures(lb, lp, (), entropies=True)  # entropies of the full distributions
+                # log_softmax of log-probs is the identity, so this truncates without a second matmul
+                trunc = pair_measures(log_probs(lb, 1.0, args.divergence_top_p),
+                                      log_probs(lp, 1.0, args.divergence_top_p), (args.divergence_measure,))
+                out["div"][glob] = trunc[args.divergence_measure]
+            else:  # one pass: divergence and both entropies share exp() (diagnostics.divergence.pair_measures)
+                ent = pair_measures(lb, lp, (args.divergence_measure,), entropies=True)
+                out["div"][glob] = ent[args.divergence_measure]
+            out["ent_base"][glob] = ent["entropy_base"]
+            out["ent_policy"][glob] = ent["entropy_policy"]
             del lb, lp
 
     # ----------------------------------------------------------------------------------------------
