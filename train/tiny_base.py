@@ -1,7 +1,7 @@
 """Build (or reuse) the tiny world's base model: a competent-but-flawed arithmetic LM.
 
-    sparse-rlvr tiny-base --output-dir outputs/tiny-base                 # default preset, ~3-4 min on 2 cores
-    sparse-rlvr tiny-base --output-dir .cache/tiny-base-ci --preset ci    # fast preset, ~1 min
+    sparse-rlvr tiny-base --output-dir outputs/tiny-base                 # default preset (~360 CPU-s)
+    sparse-rlvr tiny-base --output-dir .cache/tiny-base-ci --preset ci    # fast preset (~210 CPU-s)
     python -m train.tiny_base --help
 
 What it does, deterministically for a seed:
@@ -10,7 +10,7 @@ What it does, deterministically for a seed:
    conversational prompt-completion demonstrations
        prompt     = [{"role": "user", "content": "Compute 65-6+4-9."}]
        completion = [{"role": "assistant", "content": "65-6=59 59+4=63 63-9=54 \\boxed{54}"}]
-   where `slip_fraction` of the demonstrations carry one plausible slip (an intermediate result off
+   where `slip_fraction` (default 40%) of the demonstrations carry one plausible slip (an intermediate result off
    by ±1..10, carried to the end: `rewards.tiny_task.sample_slip`). Loss on completion tokens only.
 3. measures held-out mean@K accuracy at temperature 1.0 (and greedy) with `train.evaluate`;
 4. saves model + tokenizer + generation_config (eos/pad) with `save_pretrained`, and
@@ -52,12 +52,15 @@ class TinyBaseConfig:
 
     seed: int = 0
     train_problems: int = 6000  # distinct training problems (one demonstration each; epochs cycle over them)
-    slip_fraction: float = 0.3  # fraction of demonstrations with one wrong intermediate result
+    # Fraction of demonstrations with one wrong intermediate result. Once SFT has learned the
+    # arithmetic, T=1.0 accuracy plateaus near 1 - slip_fraction (greedy near 100%): 0.4 puts the
+    # plateau (~53% at 800 steps) inside the [20%, 60%] band; 0.3 gave 60-62% (docs/tiny_world.md).
+    slip_fraction: float = 0.4
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: float = 3.0  # SwiGLU intermediate size = mlp_ratio * hidden_size (hidden 128 -> ~0.86M params)
-    max_steps: int = 800  # optimizer steps (fixed, so the build is deterministic for a seed)
+    max_steps: int = 650  # optimizer steps (fixed, so the build is deterministic for a seed)
     batch_size: int = 64
     lr: float = 2e-3  # cosine schedule with warmup
     warmup_ratio: float = 0.05
@@ -79,7 +82,7 @@ PRESETS: dict[str, dict] = {
     # Smaller configs measured (seed 0, mean@8 T=1 / greedy on 64 test problems): hidden 64, 2 layers,
     # 400 steps: 2% / 5%; hidden 96, 3 layers, 400 steps, lr 3e-3: 5% / 12%; this one: 15% / 42%.
     "ci": {"hidden_size": 96, "num_layers": 3, "num_heads": 4, "mlp_ratio": 4.0, "max_steps": 600,
-           "train_problems": 8000, "eval_problems": 64},
+           "train_problems": 8000, "eval_problems": 64, "slip_fraction": 0.3},
 }
 
 
@@ -285,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="directory for model, tokenizer and tiny_base.json")
     p.add_argument("--seed", type=int, default=0, help="seed for problems, slips, init and data order (default 0)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default' (issue's recipe, ~3-4 min on 2 cores) or 'ci' (fast, ~1 min, for tests)")
+                   help="'default' (T=1 mean@8 ~39%%, ~360 CPU-s) or 'ci' (smaller, ~15%%, ~210 CPU-s, for tests); "
+                        "see docs/tiny_world.md")
     p.add_argument("--force", action="store_true", help="rebuild even if OUTPUT_DIR holds a build of this config")
     p.add_argument("--train-problems", type=int, help=f"distinct training problems (default {defaults.train_problems})")
     p.add_argument("--slip-fraction", type=float,
