@@ -19,6 +19,8 @@ import json
 import logging
 from pathlib import Path
 
+from rewards.data import add_dataset_arguments
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", help="math dataset to take prompts from: 'tiny', a hub id or a local "
                                        ".json/.jsonl/.parquet (rewards.data.load_math_dataset); needs --generate-with")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--problem-column", default="problem", help="dataset column with the problem text")
-    p.add_argument("--answer-column", default="answer", help="dataset column with the gold answer")
+    add_dataset_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts (default: all)")
     p.add_argument("--generate-with", choices=("policy", "base"), default=None,
                    help="sample completions with this model (the paper uses the RL policy; 'base' avoids the "
@@ -141,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.limit:
             records = records[: args.limit]
     else:
-        from rewards.data import load_math_dataset
+        from rewards.data import dataset_from_args
 
-        ds = load_math_dataset(args.dataset, args.split, num_samples=args.limit, problem_column=args.problem_column,
-                               answer_column=args.answer_column, seed=args.seed)
+        ds = dataset_from_args(args)
         extras = [{"problem": r["problem"], "answer": r["answer"]} for r in ds]
         records = generate_completions(
             policy if args.generate_with == "policy" else base, tok, list(ds["prompt"]),

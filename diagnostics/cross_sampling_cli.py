@@ -32,6 +32,8 @@ import logging
 import math
 from pathlib import Path
 
+from rewards.data import add_dataset_arguments
+
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = {"forward": ("base", "rl"), "backward": ("rl", "base")}  # direction -> (primary, intervention)
@@ -68,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'tiny' (the tiny world), a local .json/.jsonl/.parquet, or a hub id (rewards.data)")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--limit", type=int, default=100, help="number of problems (default 100; tiny: generated)")
-    p.add_argument("--problem-column", default="problem", help="dataset column with the problem text")
-    p.add_argument("--answer-column", default="answer", help="dataset column with the gold answer")
-    p.add_argument("--system-prompt", default=None, help="optional system turn prepended to every prompt")
+    add_dataset_arguments(p)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="nucleus truncation of both models' distributions; JS is computed on them (default 1.0)")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from diagnostics.cross_sampling import check_same_vocabulary, encode_prompts
     from diagnostics.switching import get_rule, get_rule_spec
-    from rewards.data import load_math_dataset
+    from rewards.data import dataset_from_args
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     check_same_vocabulary(base, rl, tok, tok_rl)
     models = {"base": base, "rl": rl}
 
-    ds = load_math_dataset(args.dataset, args.split, num_samples=args.limit, problem_column=args.problem_column,
-                           answer_column=args.answer_column, system_prompt=args.system_prompt, seed=args.seed)
+    ds = dataset_from_args(args)
     k, n_prob = args.num_samples, len(ds)
     prompts = [p for p in ds["prompt"] for _ in range(k)]  # answer r = problem r // K, sample r % K
     golds = [a for a in ds["answer"] for _ in range(k)]

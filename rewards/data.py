@@ -157,3 +157,30 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": prompts, "answer": answers, "problem": problems})
+
+
+GOLD_FORMATS = ("auto", "gsm8k", "boxed", "math", "plain")
+
+
+def add_dataset_arguments(parser) -> None:
+    """The column-mapping flags every CLI that reads a math dataset shares.
+
+    The CLI adds its own `--dataset`, `--split` and `--limit` (their defaults differ per command);
+    `dataset_from_args` reads all of them.
+    """
+    parser.add_argument("--dataset-config", default=None,
+                        help="hub dataset configuration name (e.g. 'main' for openai/gsm8k)")
+    parser.add_argument("--problem-column", default="problem", help="column with the problem text (default: problem)")
+    parser.add_argument("--answer-column", default="answer",
+                        help="column with the gold answer or solution (default: answer)")
+    parser.add_argument("--gold-format", default="auto", choices=GOLD_FORMATS,
+                        help="how to read the gold: auto, gsm8k ('... #### 42'), boxed/math (last \\boxed{} of a "
+                             "solution) or plain (default: auto)")
+    parser.add_argument("--system-prompt", default=None, help="optional system turn prepended to every prompt")
+
+
+def dataset_from_args(args):
+    """`load_math_dataset` from parsed `--dataset/--split/--limit/--seed` + `add_dataset_arguments` flags."""
+    return load_math_dataset(args.dataset, args.split, num_samples=args.limit, problem_column=args.problem_column,
+                             answer_column=args.answer_column, gold_format=args.gold_format,
+                             system_prompt=args.system_prompt, seed=args.seed, subset=args.dataset_config)

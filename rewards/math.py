@@ -123,8 +123,6 @@ def _soft_timeout(seconds: float | None) -> int | None:
 
 @functools.lru_cache(maxsize=8192)
 def _parse_gold(gold: str, soft: int | None):
-    from math_verify import parse
-
     return _parse(gold, soft)
 
 

@@ -146,7 +146,7 @@ def collect(plan: list[tuple[str, int, Path]], out: Path) -> None:
     agg = runs.groupby("variant", sort=False)[metrics].agg(["mean", "std"])
     agg.to_csv(out / "table.csv")
     n_seeds = runs.groupby("variant").size().max()
-    lines = [f"| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = ["| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for v in agg.index:
         cells = [f"{100 * agg.loc[v, (m, 'mean')]:.1f} ± {100 * (agg.loc[v, (m, 'std')] or 0):.1f}"
                  if m != "final_reward" else f"{agg.loc[v, (m, 'mean')]:.3f} ± {agg.loc[v, (m, 'std')] or 0:.3f}"

@@ -26,6 +26,8 @@ import os
 import re
 from pathlib import Path
 
+from rewards.data import add_dataset_arguments
+
 logger = logging.getLogger(__name__)
 
 
@@ -173,14 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="saved model directory (save_pretrained) or hub model id")
     p.add_argument("--dataset", default="tiny",
                    help="'tiny' (default, generated offline), a local .json/.jsonl/.parquet file or folder, or a hub id")
-    p.add_argument("--dataset-config", default=None, help="hub dataset configuration name (e.g. 'main' for gsm8k)")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--problem-column", default="problem", help="column with the problem text (default: problem)")
-    p.add_argument("--answer-column", default="answer", help="column with the gold answer (default: answer)")
-    p.add_argument("--gold-format", default="auto", choices=["auto", "gsm8k", "boxed", "math", "plain"],
-                   help="how to read the gold: gsm8k '#### 42', boxed (alias math) = last '\\boxed{}' of a solution, "
-                        "plain, or auto (default: gsm8k if '####', else boxed if a \\boxed{}, else plain)")
-    p.add_argument("--system-prompt", default=None, help="optional system turn prepended to every prompt")
+    add_dataset_arguments(p)
     p.add_argument("--limit", type=int, default=None,
                    help="number of problems (tiny: how many to generate, default 200 for test; others: first N rows)")
     p.add_argument("--num-samples", type=int, default=8, help="K samples per problem (default 8)")
@@ -205,11 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit must be >= 1, got {args.limit}. Fix: pass a positive number or leave it out")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         parser.error("--batch-size and --max-new-tokens must be >= 1")
-    from rewards.data import load_math_dataset
+    from rewards.data import dataset_from_args
 
-    dataset = load_math_dataset(args.dataset, args.split, num_samples=args.limit, problem_column=args.problem_column,
-                                answer_column=args.answer_column, gold_format=args.gold_format,
-                                system_prompt=args.system_prompt, seed=args.seed, subset=args.dataset_config)
+    dataset = dataset_from_args(args)
     result = evaluate_model(args.model, dataset, num_samples=args.num_samples, temperature=args.temperature,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             seed=args.seed, greedy=args.greedy, progress=not args.no_progress)

@@ -38,15 +38,6 @@ def _peaked_model(tokenizer, seed: int):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~30x faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pair(tiny_tokenizer):
     return _peaked_model(tiny_tokenizer, 0), _peaked_model(tiny_tokenizer, 1)

@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from diagnostics.cross_sampling_cli import metrics_of
 from train.cli import main as cli_main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~30x faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_cli_end_to_end_writes_summary_and_png(tiny_model_dir, tiny_policy_dir, tmp_path):
