@@ -14,8 +14,9 @@ so an interrupted demo resumes where it stopped; `--force` redoes everything):
  6. cross      forward + backward cross-sampling sweeps with the random control (`sparse-rlvr cross-sample`)
  7. report     `summary.json`, `report.md` (the README's table) and `report.html` (tables + all PNGs)
 
-Logging: training logs go to tensorboard, and to wandb when it is installed (online if you are
-logged in, else `WANDB_MODE=offline` under the output dir; never asks for an account).
+Logging: training logs go to wandb (online if you are logged in, else `WANDB_MODE=offline` under the
+output dir; never asks for an account), or to tensorboard when wandb is not installed or
+`WANDB_MODE=disabled`.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["WANDB_MODE"] = wandb_mode
         os.environ.setdefault("WANDB_DIR", str(out))
         os.environ.setdefault("WANDB_PROJECT", "sparse-rlvr-demo")
-        report_to = "wandb,tensorboard" if wandb_mode != "disabled" else "tensorboard"
+        report_to = "wandb" if wandb_mode != "disabled" else "tensorboard"
     t0 = time.monotonic()
 
     # 1. base
