@@ -44,7 +44,7 @@ VARIANTS = {
 QUICK = dict(preset="ci", grpo_steps=30, eval_problems=48, eval_samples=4, shift_problems=24, shift_samples=2,
              cross_problems=24, cross_samples=2, cross_values="0.05,0.2", sft_problems=64, sft_steps=30)
 FULL = dict(preset="default", grpo_steps=200, eval_problems=200, eval_samples=8, shift_problems=100, shift_samples=4,
-            cross_problems=100, cross_samples=4, cross_values="0.02,0.05,0.1,0.2", sft_problems=512, sft_steps=200)
+            cross_problems=100, cross_samples=4, cross_values="0.005,0.01,0.02,0.05,0.1", sft_problems=512, sft_steps=200)
 
 
 def _wandb_mode() -> str | None:
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-problems", type=int, default=None, help="held-out problems for mean@K (default 200)")
     p.add_argument("--eval-samples", type=int, default=None, help="K of mean@K (default 8)")
     p.add_argument("--cross-values", default=None,
-                   help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.02,0.05,0.1,0.2)")
+                   help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.005,0.01,0.02,0.05,0.1)")
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
     return p
 
