@@ -41,7 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "top_quantile": ["--weighting", "top_quantile", "--weighting_rho", "0.2"],
     "random_quantile": ["--weighting", "random_quantile", "--weighting_rho", "0.2"],
 }
-SHIFT_KEYS = ("shift/js_mean", "shift/frac_gt_0.1", "shift/weight_mean")
+SHIFT_KEYS = ("shift/divergence_mean", "shift/divergence_p99", "shift/frac_above_0.01", "shift/weight_mean")
 
 
 def variant_args(name: str) -> list[str]:
