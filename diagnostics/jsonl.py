@@ -126,15 +126,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Atomically replace `path` with `records` (temp file in the same directory + fsync + os.replace)."""
+def _write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` atomically: temp file in the same directory + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(_dumps(rec) + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -142,21 +141,13 @@ def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Atomically replace `path` with `records`, one JSON object per line."""
+    _write_atomic(path, "".join(_dumps(rec) + "\n" for rec in records))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write one JSON document atomically (temp file + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_jsonable(obj), fh, indent=indent, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write one JSON document atomically."""
+    _write_atomic(path, json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False) + "\n")
