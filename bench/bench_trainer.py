@@ -5,13 +5,17 @@
     python bench/bench_trainer.py --help
 
 Compares, on a random Llama with a large vocabulary:
-- step:  `DivergenceWeightedGRPOTrainer` (full-vocabulary JS, beta = 0, sigmoid weights) vs TRL
-  `GRPOTrainer` with beta = 0.04 (which already runs a reference-model forward every step);
+- step:  `DivergenceWeightedGRPOTrainer` (full-vocabulary JS, beta = 0, sigmoid weights; D at loss time,
+  the default) vs TRL `GRPOTrainer` with beta = 0.04 (which already runs a reference-model forward every
+  step); also `dw_js_separate`, the same trainer with `divergence_reuse_loss_forward=False` (the path
+  taken where D cannot be computed at loss time, e.g. num_iterations > 1);
   time = TRL's own `step_time` metric (one `training_step`: batch preparation incl. the reference /
   divergence pass, loss forward and backward), median over the steps after the first;
   targets <= 1.10x time and <= 1.15x peak memory.
-- pass:  the divergence pass alone (`_base_vs_policy`: base + policy forwards, chunked JS) vs TRL's
-  reference log-prob pass (`_get_per_token_logps_and_entropies` on the reference model).
+- pass:  the divergence pass alone vs TRL's reference log-prob pass (`_get_per_token_logps_and_entropies`
+  on the reference model): `pass_dw` is what the trainer runs by default, at loss time (`_base_vs_policy`
+  with the policy's hidden states given: base forward, chunked JS); `pass_dw_separate` is the pass used
+  where D cannot be computed at loss time (base + policy forwards, chunked JS).
 
 Identical batch: generation is replaced by a fixed `rollout_func` (TRL's rollout hook) returning the
 same seeded prompt/completion ids at every step, so both trainers see exactly the same tokens and
@@ -41,8 +45,10 @@ sys.path.insert(0, str(REPO))
 CONFIGS = {  # name -> what runs
     "trl_beta0.04": "TRL GRPOTrainer, beta=0.04 (reference forward + KL penalty)",
     "dw_js": "DivergenceWeightedGRPOTrainer, JS, sigmoid, beta=0",
+    "dw_js_separate": "the same, divergence_reuse_loss_forward=False",
     "pass_ref": "TRL reference log-prob pass alone",
-    "pass_dw": "divergence pass alone (base + policy forwards, chunked JS)",
+    "pass_dw": "divergence pass alone, at loss time (base forward + chunked JS)",
+    "pass_dw_separate": "divergence pass alone, separate (base + policy forwards + JS)",
 }
 
 
@@ -57,9 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--completion-length", type=int, default=128, help="completion tokens, no eos (default 128)")
     p.add_argument("--steps", type=int, default=4, help="training steps per configuration; the first is not timed (default 4)")
     p.add_argument("--pass-repeats", type=int, default=3, help="timed repeats of each pass alone (default 3)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="divergence_chunk_size (default 1024)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="divergence_chunk_size (default: the config's default, DivergenceGRPOConfig.divergence_chunk_size)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's choice)")
     p.add_argument("--only", choices=sorted(CONFIGS), action="append", help="run only these configurations")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every configuration this many times, alternating the order; time ratios are the median "
+                   "of the per-round ratios (use 3 on a noisy machine; default 1)")
     p.add_argument("--json", type=str, default=None, help="also write the results to this JSON file")
     p.add_argument("--_worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--_model-dir", type=str, help=argparse.SUPPRESS)
@@ -154,8 +164,9 @@ def make_trainer(args, name: str, model_dir: str):
         cfg = GRPOConfig(beta=0.04, **common)
         return GRPOTrainer(model=model_dir, reward_funcs=[fixed_reward], args=cfg, train_dataset=dataset,
                            processing_class=tok, rollout_func=rollout)
-    cfg = DivergenceGRPOConfig(beta=0.0, weighting="sigmoid", divergence_measure="js",
-                               divergence_chunk_size=args.chunk_size, **common)
+    chunk = {} if args.chunk_size is None else {"divergence_chunk_size": args.chunk_size}
+    cfg = DivergenceGRPOConfig(beta=0.0, weighting="sigmoid", divergence_measure="js", **chunk, **common,
+                               divergence_reuse_loss_forward=name != "dw_js_separate")
     return DivergenceWeightedGRPOTrainer(model=model_dir, reward_funcs=[fixed_reward], args=cfg,
                                          train_dataset=dataset, processing_class=tok, rollout_func=rollout)
 
@@ -168,8 +179,9 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     trainer = make_trainer(args, args._worker, args._model_dir)
-    result = {"config": args._worker, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads()}
-    if args._worker in ("trl_beta0.04", "dw_js"):
+    result = {"config": args._worker, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
+              "divergence_at_loss": getattr(trainer, "_dw_at_loss", None)}
+    if args._worker in ("trl_beta0.04", "dw_js", "dw_js_separate"):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         reset_peak_rss()
@@ -189,12 +201,17 @@ def worker(args) -> dict:
         c = args.completion_length
         trainer.model.eval()
 
+        hidden = None
+        if args._worker == "pass_dw":  # what the trainer runs at loss time: the policy's hidden states are given
+            with torch.no_grad():
+                hidden = trainer._core(trainer.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
         def run_pass():
             with torch.no_grad():
                 if args._worker == "pass_ref":
                     trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, mask, c, args.batch_size)
                 else:
-                    trainer._base_vs_policy(ids, mask, completion_ids, c, args.batch_size)
+                    trainer._base_vs_policy(ids, mask, completion_ids, c, args.batch_size, policy_hidden=hidden)
 
         run_pass()  # warm-up (allocator, lazy init)
         if cuda:
@@ -227,7 +244,9 @@ def run_worker(args, name: str, model_dir: str) -> dict:
            "--num-layers", str(args.num_layers), "--num-generations", str(args.num_generations),
            "--batch-size", str(args.batch_size), "--prompt-length", str(args.prompt_length),
            "--completion-length", str(args.completion_length), "--steps", str(args.steps),
-           "--pass-repeats", str(args.pass_repeats), "--chunk-size", str(args.chunk_size)]
+           "--pass-repeats", str(args.pass_repeats)]
+    if args.chunk_size is not None:
+        cmd += ["--chunk-size", str(args.chunk_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
@@ -251,26 +270,40 @@ def main(argv=None) -> int:
     print(f"model: random Llama, vocab {args.vocab_size}, hidden {args.hidden_size}, {args.num_layers} layers; batch "
           f"{args.batch_size} completions ({args.batch_size // args.num_generations} prompts x {args.num_generations}), "
           f"prompt {args.prompt_length} + completion {args.completion_length} tokens; {args.steps} steps", flush=True)
-    results = {}
+    results: dict = {}
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench_model_") as model_dir:
         build_model(args, Path(model_dir))
-        for name in names:
-            t0 = time.time()
-            results[name] = run_worker(args, name, model_dir)
-            r = results[name]
-            print(f"  {name:<14} {CONFIGS[name]:<62} time {r['time_s']:.3f} s   peak +{mib(r['peak_mem_bytes'])}   "
-                  f"(peak RSS {mib(r['peak_rss_bytes'])}, device {r['device']}, {r['threads']} threads, "
-                  f"{time.time() - t0:.0f} s wall)", flush=True)
+        for k in range(args.rounds):
+            # alternate the order each round, so slow drifts of a noisy machine hit both sides alike
+            for name in (names if k % 2 == 0 else names[::-1]):
+                t0 = time.time()
+                r = run_worker(args, name, model_dir)
+                rounds[name].append(r)
+                path = ""
+                if name.startswith("dw_js"):  # which path the trainer took
+                    path = ", D at loss time" if r["divergence_at_loss"] else ", D after generation"
+                print(f"  {name:<17} {CONFIGS[name]:<64} time {r['time_s']:.3f} s   peak +{mib(r['peak_mem_bytes'])}"
+                      f"   (peak RSS {mib(r['peak_rss_bytes'])}, {r['device']}, {r['threads']} threads{path}, "
+                      f"{time.time() - t0:.0f} s wall)", flush=True)
+    for name, rs in rounds.items():  # per configuration: the median round by time
+        results[name] = sorted(rs, key=lambda r: r["time_s"])[len(rs) // 2]
+        results[name]["rounds_time_s"] = [r["time_s"] for r in rs]
     rows = [("step: divergence-weighted (JS, beta=0) / TRL (beta=0.04)", "dw_js", "trl_beta0.04", 1.10, 1.15),
-            ("pass: divergence pass / TRL reference log-prob pass", "pass_dw", "pass_ref", None, None)]
+            ("step: the same with the separate pass / TRL (beta=0.04)", "dw_js_separate", "trl_beta0.04", None, None),
+            ("pass: divergence pass at loss time / TRL reference pass", "pass_dw", "pass_ref", None, None),
+            ("pass: separate divergence pass / TRL reference pass", "pass_dw_separate", "pass_ref", None, None)]
     print(f"\n{'ratio':<58} {'time':>7} {'peak mem':>9}  targets")
     for label, a, b, t_target, m_target in rows:
         if a in results and b in results:
-            tr = results[a]["time_s"] / results[b]["time_s"]
+            # time: median over rounds of the paired ratio (the two runs of a round are adjacent in time)
+            per_round = [ra["time_s"] / rb["time_s"] for ra, rb in zip(rounds[a], rounds[b])]
+            tr = statistics.median(per_round)
             mr = results[a]["peak_mem_bytes"] / max(1, results[b]["peak_mem_bytes"])
             target = f"<= {t_target:.2f}x / <= {m_target:.2f}x" if t_target else "-"
-            print(f"{label:<58} {tr:>6.2f}x {mr:>8.2f}x  {target}")
-            results[f"ratio:{a}/{b}"] = {"time": tr, "peak_mem": mr}
+            spread = f"  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})" if len(per_round) > 1 else ""
+            print(f"{label:<58} {tr:>6.2f}x {mr:>8.2f}x  {target}{spread}")
+            results[f"ratio:{a}/{b}"] = {"time": tr, "peak_mem": mr, "time_per_round": per_round}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

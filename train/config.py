@@ -81,6 +81,19 @@ class DivergenceGRPOConfig(GRPOConfig):
             "(as TRL's own reference pass)."
         },
     )
+    divergence_reuse_loss_forward: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the base-vs-policy divergence inside TRL's loss step, from the hidden states of the "
+            "policy forward that the loss runs anyway: one forward per step saved (only the base forward remains, "
+            "as for TRL's beta > 0). Used only where it is exact: divergence_source='base', the policy that "
+            "generated the batch is the one being trained (gradient_accumulation_steps a multiple of "
+            "steps_per_generation, num_iterations=1), logits = hidden @ W (no soft-capping/scaling), no FSDP, and "
+            "weights computable per micro-batch (a token-local weighting with renormalize "
+            "'none'/'sequence', or steps_per_generation=1). Otherwise, or with False, a separate no-grad policy "
+            "forward runs after generation."
+        },
+    )
     high_divergence_threshold: float = field(
         default=0.1,
         metadata={

@@ -236,6 +236,10 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
 def run(script_args: GRPOScriptArguments, training_args, model_args, *, callbacks=None) -> dict:
     """Train, save, evaluate. Returns {'train': train metrics, 'eval': final evaluation or None}."""
     trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    trainer.accelerator.print(
+        f"divergence: source {training_args.divergence_source!r}, measure {training_args.divergence_measure!r}, "
+        f"weighting {training_args.weighting!r}, computed at {trainer.divergence_timing} time"
+    )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model
+from peft import PeftModel
 from transformers import PreTrainedModel, ProcessorMixin
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -44,10 +45,12 @@ from diagnostics.divergence import (
     get_divergence,
     get_sampled_estimator,
     log_probs,
+    log_probs_,
     pair_measures,
+    pair_measures_,
 )
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
-from train.weighting import compute_weights
+from train.weighting import TOKEN_LOCAL_WEIGHTINGS, compute_weights
 
 # config attributes that make the logits differ from `hidden @ W_head^T`: such models use the
 # (slower, more memory) full-forward path instead of the hidden-state path.
@@ -66,14 +69,17 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
       reference model when `beta > 0`; else, with PEFT, the adapter-disabled policy (no second copy);
       else a copy of the policy's initial weights. Prepared for DeepSpeed / FSDP like TRL's reference
       model. A base whose vocabulary differs from the policy's is an error naming both sizes.
-    - `_generate_and_score_completions`: calls TRL's, then (source `base`) computes the detached
-      `(B, T)` divergence base vs policy on every completion token and replaces `advantages` by the
-      weighted `(B, T)` tensor; logs `shift/*` metrics.
-    - `_compute_loss` / `_get_per_token_logps_and_entropies` (source `old` only): wrap TRL's to capture
-      the current per-token log-probs at loss time, compute D = k3(π_old ‖ π_θ) on the sampled token,
-      and rescale the advantages in (a copy of) the inputs before TRL's loss reads them. No extra
-      forward pass and no copy of TRL's loss: `_compute_loss` reads `inputs["advantages"]` only after
-      its single `_get_per_token_logps_and_entropies` call.
+    - D for source `base` (a detached `(B, T)` divergence base vs policy on every completion token,
+      replacing `advantages` by the weighted `(B, T)` tensor, and `shift/*` metrics) is computed where it
+      costs least and stays exact (see `_reuse_loss_forward`):
+      * at loss time (default): `_compute_loss` hooks the policy backbone, so the hidden states of TRL's
+        own loss forward are captured, and `_get_per_token_logps_and_entropies` (wrapped) runs only the
+        base forward, then rescales the advantages in a copy of the inputs before TRL's loss reads them;
+      * otherwise in `_generate_and_score_completions`, after TRL's, with a no-grad policy forward.
+    - Source `old`: the same wrappers capture the current per-token log-probs at loss time and compute
+      D = k3(π_old ‖ π_θ) on the sampled token. No extra forward pass.
+    No copy of TRL's loss: `_compute_loss` reads `inputs["advantages"]` only after its single
+    `_get_per_token_logps_and_entropies` call (checked at run time: a TRL that skips it is an error).
     """
 
     _tag_names = ["trl", "grpo", "divergence-weighted"]
@@ -104,12 +110,16 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         if isinstance(self.processing_class, ProcessorMixin):
             raise ValueError("DivergenceWeightedGRPOTrainer supports text-only models; got a multimodal processor.")
-        self._dw_loss_inputs: dict | None = None  # set only while TRL's _compute_loss runs (source 'old')
+        self._dw_loss_inputs: dict | None = None  # set only while TRL's _compute_loss runs (loss-time D)
+        self._dw_hidden: list[torch.Tensor] = []  # policy hidden states captured from the loss forward
+        self._dw_hook = None
+        self._dw_pending: dict[str, list] = {"train": [], "eval": []}  # shift/ columns awaiting logging
         self._dw_calls = 0
         self.base_model = None  # None + PEFT: the adapter-disabled policy; None + 'old': no base needed
         self._base_is_policy_adapterless = False
         if args.divergence_source == "base":
             self._setup_base_model(model, initial_copy)
+        self._dw_at_loss = self._reuse_loss_forward()
 
     # ----------------------------------------------------------------------------------------------
     # Base model
@@ -175,6 +185,33 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 "tokenizer."
             )
 
+    @property
+    def divergence_timing(self) -> str:
+        """'loss': D comes from TRL's loss step (captured hidden states or log-probs, no extra policy forward);
+        'generation': a separate pass right after generation."""
+        return "loss" if self._dw_at_loss or self.args.divergence_source == "old" else "generation"
+
+    def _reuse_loss_forward(self) -> bool:
+        """Whether source 'base' computes D at loss time from the loss forward's hidden states (exact here).
+
+        Exact when the policy computing the loss is the one that generated the batch (no optimizer step in
+        between: TRL then stores no old log-probs either), the policy's logits are `hidden @ W^T + b`, and the
+        weights of a micro-batch equal its rows of the generation batch's weights.
+        """
+        a = self.args
+        aligned = a.num_iterations == 1 and a.gradient_accumulation_steps % a.steps_per_generation == 0
+        per_micro_batch = (
+            a.weighting in TOKEN_LOCAL_WEIGHTINGS and a.weighting_renormalize in ("none", "sequence")
+        ) or a.steps_per_generation == 1
+        return (
+            a.divergence_reuse_loss_forward
+            and a.divergence_source == "base"
+            and aligned
+            and per_micro_batch
+            and not getattr(a, "padding_free", False)
+            and self._use_hidden_path(self.model)
+        )
+
     # ----------------------------------------------------------------------------------------------
     # Logits of the completion tokens, for one micro-batch, one row chunk at a time
     # ----------------------------------------------------------------------------------------------
@@ -195,7 +232,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     @staticmethod
     def _core(module):
         """The bare transformers model under DDP / DeepSpeed / PEFT wrappers."""
-        while not isinstance(module, PreTrainedModel) and not is_peft_model(module) and hasattr(module, "module"):
+        # (accelerate's is_peft_model looks through DDP, so test the class itself while unwrapping)
+        while not isinstance(module, (PreTrainedModel, PeftModel)) and hasattr(module, "module"):
             module = module.module  # DDP, DeepSpeedEngine
         if is_peft_model(module):
             module = module.get_base_model()
@@ -214,8 +252,9 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         return all(getattr(cfg, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
     def _completion_logit_rows(self, module, input_ids, attention_mask, logits_to_keep):
-        """Return `(rows, head_params)`: `rows(slice) -> (c, V)` logits predicting this micro-batch's
-        completion tokens, and the LM-head parameters to gather (ZeRO-3) while `rows` is used.
+        """Return `(rows, head_params)`: `rows(slice, out=None) -> (c, V)` logits predicting this micro-batch's
+        completion tokens (written into `out`, a float32 `(c, V)` buffer, when given), and the LM-head
+        parameters to gather (ZeRO-3) while `rows` is used.
 
         Rows index the flattened `(mb · C)` completion positions. Position t's logits come from the
         hidden state at t − 1, so the completion's C tokens use hidden states [−C−1, −1).
@@ -225,26 +264,40 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             core = self._core(module)
             with self.accelerator.autocast():
                 hidden = core.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            hidden = hidden.last_hidden_state[:, -c - 1 : -1]  # (mb, C, H)
-            flat = hidden.reshape(-1, hidden.size(-1))  # (mb·C, H)
-            head = core.get_output_embeddings()
-
-            def rows(sl):
-                return F.linear(flat[sl].to(head.weight.dtype), head.weight, head.bias)  # (c, V)
-
-            return rows, (head.weight, head.bias)
+            return self._hidden_rows(core, hidden.last_hidden_state, c)
         with self.accelerator.autocast():
             logits = module(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=c + 1,
                             use_cache=False).logits[:, :-1]  # (mb, C, V) model dtype
         flat = logits.reshape(-1, logits.size(-1))  # (mb·C, V)
-        return (lambda sl: flat[sl]), ()
+        return (lambda sl, out=None: flat[sl] if out is None else out.copy_(flat[sl])), ()
+
+    @staticmethod
+    def _hidden_rows(core, last_hidden, c):
+        """`_completion_logit_rows` from the backbone's `(mb, L, H)` last hidden states, through `core`'s LM head."""
+        hidden = last_hidden[:, -c - 1 : -1]  # (mb, C, H): position t's logits come from the state at t − 1
+        flat = hidden.reshape(-1, hidden.size(-1))  # (mb·C, H)
+        head = core.get_output_embeddings()
+
+        def rows(sl, out=None):
+            x = flat[sl].to(head.weight.dtype)  # (c, H)
+            if out is not None and out.dtype == x.dtype:  # straight into the caller's buffer
+                if head.bias is None:
+                    return torch.mm(x, head.weight.t(), out=out)
+                return torch.addmm(head.bias, x, head.weight.t(), out=out)
+            logits = F.linear(x, head.weight, head.bias)  # (c, V)
+            return logits if out is None else out.copy_(logits)
+
+        return rows, (head.weight, head.bias)
 
     @torch.no_grad()
-    def _base_vs_policy(self, input_ids, attention_mask, completion_ids, logits_to_keep, batch_size):
+    def _base_vs_policy(self, input_ids, attention_mask, completion_ids, logits_to_keep, batch_size,
+                        policy_hidden=None):
         """Per completion token: D (the configured measure), base and policy entropy. Each `(B, C)` float32.
 
         Micro-batches of `batch_size` sequences; within one, row chunks of `divergence_chunk_size`, so at most
         one `(chunk, V)` logits tensor per model and a few float32 `(chunk, V)` temporaries are alive.
+        `policy_hidden`: the policy backbone's `(B, L, H)` last hidden states when already computed (the loss
+        forward's); then only the base model runs a forward here.
         """
         args = self.args
         temp = args.divergence_temperature or self.temperature
@@ -254,14 +307,20 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         n, c = completion_ids.shape
         out = {k: torch.zeros(n * c, device=input_ids.device) for k in ("div", "ent_base", "ent_policy")}
         tokens = completion_ids.reshape(-1)  # (B·C,)
-        gc_ctx = disable_gradient_checkpointing(self.model, args.gradient_checkpointing_kwargs)
+        runs_policy = policy_hidden is None or self._base_is_policy_adapterless  # a forward of self.model here
+        gc_ctx = nullcontext()
+        if runs_policy:
+            gc_ctx = disable_gradient_checkpointing(self.model, args.gradient_checkpointing_kwargs)
         with gc_ctx:
             for start in range(0, n, batch_size):
                 end = min(start + batch_size, n)
                 ids, am = input_ids[start:end], attention_mask[start:end]
                 with self._as_base():  # PEFT: the LM head carries no adapter, so projecting later is exact
                     base_rows, base_head = self._completion_logit_rows(self._base_module(), ids, am, c)
-                policy_rows, policy_head = self._completion_logit_rows(self.model, ids, am, c)
+                if policy_hidden is None:
+                    policy_rows, policy_head = self._completion_logit_rows(self.model, ids, am, c)
+                else:
+                    policy_rows, policy_head = self._hidden_rows(self._core(self.model), policy_hidden[start:end], c)
                 n_rows = (end - start) * c
                 heads = ExitStack()  # ZeRO-3: gather each LM head once per micro-batch, not once per chunk
                 heads.enter_context(maybe_gather_lm_head_ctx(*base_head))
@@ -271,30 +330,46 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         return {k: v.view(n, c) for k, v in out.items()}
 
     def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
-        """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`)."""
+        """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`).
+
+        Full-distribution measures (the default) run in five reused float32 `(chunk, V)` buffers: both models'
+        logits are written into two of them and turned into log-probs in place, and `pair_measures_` keeps p, q
+        and its temporary in the other three, so no `(chunk, V)` array is allocated per chunk.
+        """
         args = self.args
+        top_p = args.divergence_top_p if args.divergence_top_p is not None and args.divergence_top_p < 1.0 else None
+        bufs: list[torch.Tensor] = []
         for r0 in range(0, n_rows, args.divergence_chunk_size):
             sl = slice(r0, min(r0 + args.divergence_chunk_size, n_rows))
             glob = slice(offset + sl.start, offset + sl.stop)
-            lb = log_probs(base_rows(sl), temp)  # (c, V) float32
-            lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
-            if sampled:
-                ent = pair_measures(lb, lp, (), entropies=True)
-                tok = tokens[glob].unsqueeze(-1)  # (c, 1)
-                # the policy sampled the token: estimate KL(policy ‖ base)
-                out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
-            elif args.divergence_top_p is not None and args.divergence_top_p < 1.0:
+            if sampled or top_p is not None:
+                lb = log_probs(base_rows(sl), temp)  # (c, V) float32
+                lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
                 ent = pair_measures(lb, lp, (), entropies=True)  # entropies of the full distributions
-                # log_softmax of log-probs is the identity, so this truncates without a second matmul
-                trunc = pair_measures(log_probs(lb, 1.0, args.divergence_top_p),
-                                      log_probs(lp, 1.0, args.divergence_top_p), (args.divergence_measure,))
-                out["div"][glob] = trunc[args.divergence_measure]
-            else:  # one pass: divergence and both entropies share exp() (diagnostics.divergence.pair_measures)
-                ent = pair_measures(lb, lp, (args.divergence_measure,), entropies=True)
+                if sampled:
+                    tok = tokens[glob].unsqueeze(-1)  # (c, 1)
+                    # the policy sampled the token: estimate KL(policy ‖ base)
+                    out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
+                else:  # log_softmax of log-probs is the identity, so this truncates without a second matmul
+                    trunc = pair_measures(log_probs(lb, 1.0, top_p), log_probs(lp, 1.0, top_p),
+                                          (args.divergence_measure,))
+                    out["div"][glob] = trunc[args.divergence_measure]
+            else:  # one pass: divergence and both entropies share exp() (diagnostics.divergence.pair_measures_)
+                c = sl.stop - sl.start
+                if not bufs:  # the vocabulary size is known from the first chunk's logits
+                    first = base_rows(sl)  # (c, V) model dtype
+                    bufs = [torch.empty(args.divergence_chunk_size, first.size(-1), dtype=torch.float32,
+                                        device=first.device) for _ in range(5)]
+                    lb = bufs[0][:c].copy_(first)
+                    del first
+                else:
+                    lb = base_rows(sl, out=bufs[0][:c])
+                lb = log_probs_(lb, temp)  # (c, V) float32, in place
+                lp = log_probs_(policy_rows(sl, out=bufs[1][:c]), temp)  # (c, V) float32, in place
+                ent = pair_measures_(lb, lp, (args.divergence_measure,), entropies=True, scratch=bufs[2:])
                 out["div"][glob] = ent[args.divergence_measure]
             out["ent_base"][glob] = ent["entropy_base"]
             out["ent_policy"][glob] = ent["entropy_policy"]
-            del lb, lp
 
     # ----------------------------------------------------------------------------------------------
     # Overrides
@@ -302,25 +377,29 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        if self.args.divergence_source != "base":
-            return output
+        if self.args.divergence_source != "base" or self._dw_at_loss:
+            return output  # D is computed at loss time (_compute_loss)
         mode = "train" if self.model.training else "eval"
         prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)  # (B, P+C)
-        mask = output["completion_mask"]
-        if "tool_mask" in output:
-            mask = mask * output["tool_mask"]  # (B, C)
         default_bs = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         stats = self._base_vs_policy(input_ids, attention_mask, completion_ids, completion_ids.size(1),
                                      self.args.divergence_batch_size or default_bs)
-        div = stats["div"] * mask  # (B, C); 0 off-mask
-        output["advantages"] = self._weighted_advantages(output["advantages"], div, mask, mode)
-        self._log_shift(mode, div, mask, stats["ent_base"], stats["ent_policy"])
+        self._apply_base_divergence(output, stats, mode)
         return output
 
+    def _apply_base_divergence(self, batch, stats, mode) -> None:
+        """Replace `batch["advantages"]` by the weighted `(B, C)` advantages; queue the shift/ metrics."""
+        mask = batch["completion_mask"]
+        if "tool_mask" in batch:
+            mask = mask * batch["tool_mask"]  # (B, C)
+        div = stats["div"] * mask  # (B, C); 0 off-mask
+        batch["advantages"] = self._weighted_advantages(batch["advantages"], div, mask, mode)
+        self._log_shift(mode, div, mask, stats["ent_base"], stats["ent_policy"])
+
     def _weighted_advantages(self, advantages, div, mask, mode):
-        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); also logs the weight statistics."""
+        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); keeps the weights for the shift/ metrics."""
         self._dw_calls += 1
         seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_calls * 31
                 + self.accelerator.process_index)
@@ -329,21 +408,41 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             all_reduce_sum=lambda t: self.accelerator.reduce(t, reduction="sum"),
         )  # (B, C)
         self._last_weights = weights
-        bad = self.accelerator.reduce(torch.tensor(float(n_bad), device=div.device), reduction="sum")
-        self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
+        self._last_nonfinite = n_bad
         adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)  # (B, 1) or (B, C)
         return weights.to(adv.dtype) * adv  # (B, C)
 
     def _compute_loss(self, model, inputs):
-        if self.args.divergence_source != "old":
+        at_loss = self.args.divergence_source == "old" or self._dw_at_loss
+        if not at_loss:
             return super()._compute_loss(model, inputs)
-        # The buffered batch is reused across num_iterations: rescale a shallow copy, never the buffer.
+        # The buffered batch is reused across micro-steps / num_iterations: rescale a shallow copy, never the buffer.
         inputs = dict(inputs)
         self._dw_loss_inputs = inputs
+        if self._dw_at_loss:  # capture the policy backbone's output of TRL's own (fused-LM-head) loss forward
+            self._dw_hook = self._core(model).base_model.register_forward_hook(self._capture_hidden)
         try:
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs)
+            missed = self._dw_loss_inputs is not None
         finally:
+            self._remove_hook()
             self._dw_loss_inputs = None
+            self._dw_hidden = []
+        if missed:
+            raise RuntimeError(
+                "TRL's _compute_loss did not call _get_per_token_logps_and_entropies, so the per-token advantages "
+                "were not applied; this trl version is unsupported (pin the version in pyproject.toml)."
+            )
+        return loss
+
+    def _capture_hidden(self, module, args, output) -> None:
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        self._dw_hidden.append(hidden.detach())  # (mb, L, H)
+
+    def _remove_hook(self) -> None:
+        if self._dw_hook is not None:
+            self._dw_hook.remove()
+            self._dw_hook = None
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *pargs, **kw):
         out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
@@ -351,8 +450,28 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         inputs = self._dw_loss_inputs
         if inputs is not None:  # the policy forward of TRL's _compute_loss: advantages not read yet
             self._dw_loss_inputs = None
-            self._rescale_with_old(inputs, out[0].detach(), out[1])
+            if self.args.divergence_source == "old":
+                self._rescale_with_old(inputs, out[0].detach(), out[1])
+            else:
+                self._remove_hook()  # before the base forward (with PEFT it is the same module)
+                self._rescale_with_base(inputs, input_ids, attention_mask, logits_to_keep)
         return out
+
+    @torch.no_grad()
+    def _rescale_with_base(self, inputs, input_ids, attention_mask, logits_to_keep) -> None:
+        """Source 'base' at loss time: D from the captured policy hidden states and a base forward."""
+        hidden = torch.cat(self._dw_hidden, dim=0) if len(self._dw_hidden) > 1 else self._dw_hidden[0]
+        self._dw_hidden = []
+        if hidden.shape[:2] != input_ids.shape:
+            raise RuntimeError(
+                f"captured policy hidden states {tuple(hidden.shape)} do not match the loss batch "
+                f"{tuple(input_ids.shape)}; set divergence_reuse_loss_forward=False."
+            )
+        mode = "train" if self.model.training else "eval"
+        bs = self.args.divergence_batch_size or input_ids.size(0)
+        stats = self._base_vs_policy(input_ids, attention_mask, inputs["completion_ids"], logits_to_keep, bs,
+                                     policy_hidden=hidden)
+        self._apply_base_divergence(inputs, stats, mode)
 
     @torch.no_grad()
     def _rescale_with_old(self, inputs, logps, entropies) -> None:
@@ -380,6 +499,12 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _log_shift(self, mode, div, mask, ent_base, ent_policy) -> None:
+        """Queue this batch's per-token columns; log shift/ metrics once per generation batch.
+
+        With D computed at loss time, one generation batch arrives as `steps_per_generation` micro-batches:
+        their columns are pooled so that the metrics describe the same token set as when D is computed once
+        after generation (quantiles of the whole batch, not means of per-micro-batch quantiles).
+        """
         valid = mask.bool()
         nan = torch.full_like(div, float("nan"))
         cols = torch.stack(
@@ -391,7 +516,17 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             ],
             dim=-1,
         )  # (N_local, 4)
-        allrows = self._gather_valid(cols).double()  # (N, 4)
+        pending = self._dw_pending[mode]
+        pending.append((cols, self._last_nonfinite))
+        # at loss time in training, self._step is this micro-batch's index (TRL increments it after the step)
+        if self._dw_at_loss and mode == "train" and (self._step + 1) % self.args.steps_per_generation != 0:
+            return
+        local = torch.cat([c for c, _ in pending], dim=0)
+        n_bad = float(sum(b for _, b in pending))
+        pending.clear()
+        bad = self.accelerator.reduce(torch.tensor(n_bad, device=div.device), reduction="sum")
+        self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
+        allrows = self._gather_valid(local).double()  # (N, 4)
         for key, value in shift_metrics(allrows, self.args.high_divergence_threshold).items():
             self._metrics[mode][f"shift/{key}"].append(value)
 

@@ -37,6 +37,7 @@ import torch
 
 __all__ = [
     "WEIGHTING_REGISTRY",
+    "TOKEN_LOCAL_WEIGHTINGS",
     "RENORMALIZE_MODES",
     "WeightingParams",
     "register_weighting",
@@ -72,8 +73,16 @@ WEIGHTING_REGISTRY: dict[str, WeightingFn] = {}
 RENORMALIZE_MODES = ("none", "sequence", "batch")
 
 
-def register_weighting(name: str) -> Callable[[WeightingFn], WeightingFn]:
-    """Register `fn(div (B,T), mask (B,T), params) -> (B,T)` under `name`; a second `name` raises."""
+TOKEN_LOCAL_WEIGHTINGS: set[str] = set()  # w_{i,t} depends on D_{i,t} alone (not on the rest of the batch)
+
+
+def register_weighting(name: str, *, token_local: bool = False) -> Callable[[WeightingFn], WeightingFn]:
+    """Register `fn(div (B,T), mask (B,T), params) -> (B,T)` under `name`; a second `name` raises.
+
+    `token_local=True` declares that each weight depends on its own token's D only, so the weights of
+    a batch equal the concatenated weights of its parts (the trainer may then weight each loss-time
+    micro-batch separately). Leave it False for anything that ranks, averages or samples over tokens.
+    """
 
     def deco(fn: WeightingFn) -> WeightingFn:
         if name in WEIGHTING_REGISTRY:
@@ -81,6 +90,8 @@ def register_weighting(name: str) -> Callable[[WeightingFn], WeightingFn]:
                 f"weighting {name!r} is already registered ({WEIGHTING_REGISTRY[name].__name__}); pick another name"
             )
         WEIGHTING_REGISTRY[name] = fn
+        if token_local:
+            TOKEN_LOCAL_WEIGHTINGS.add(name)
         return fn
 
     return deco
@@ -109,20 +120,20 @@ def _neutral_outside(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-@register_weighting("none")
+@register_weighting("none", token_local=True)
 def weight_none(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = 1 everywhere: the trainer then reproduces TRL's GRPO exactly."""
     return torch.ones_like(div, dtype=torch.float32)
 
 
-@register_weighting("sigmoid")
+@register_weighting("sigmoid", token_local=True)
 def weight_sigmoid(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = 1 + s·(σ(α·D) − ½)  (Meng et al. 2603.22446). D = 0 gives exactly 1 (σ(0) = ½ in float)."""
     w = 1.0 + params.s * (torch.sigmoid(params.alpha * div.float()) - 0.5)  # (B, T)
     return _neutral_outside(w, mask)
 
 
-@register_weighting("linear")
+@register_weighting("linear", token_local=True)
 def weight_linear(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = clip(1 + α·D / scale, w_min, w_max). D = 0 gives exactly 1 (if 1 is inside the clip range)."""
     if params.scale <= 0:

@@ -13,6 +13,9 @@ from diagnostics.divergence import (
     get_divergence,
     get_sampled_estimator,
     log_probs,
+    log_probs_,
+    pair_measures,
+    pair_measures_,
     register_divergence,
     token_divergence,
     token_stats,
@@ -147,3 +150,38 @@ def test_registry_rejects_duplicates_and_lists_names():
         get_divergence("jsd")
     with pytest.raises(ValueError, match="valid estimators: .*k3"):
         get_sampled_estimator("k2")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_in_place_path_equals_pair_measures_and_reuses_scratch(temperature):
+    """`pair_measures_` (the trainer's hot path) gives `pair_measures`' numbers, computes in the scratch it is
+    given (larger than one chunk, reused across chunks), and overwrites only its inputs."""
+    g = torch.Generator().manual_seed(1)
+    base, policy = torch.randn(7, 40, generator=g) * 3, torch.randn(7, 40, generator=g) * 3
+    policy[2] = base[2]  # an identical row: JS exactly 0 on both paths
+    names = ("kl_forward", "kl_reverse", "tv", "js")
+    ref = pair_measures(log_probs(base, temperature), log_probs(policy, temperature), names, entropies=True)
+    scratch = [torch.full((10, 40), float("nan")) for _ in range(3)]  # 10 rows: more than the 4-row chunks
+    ids = [buf.data_ptr() for buf in scratch]
+    got = {k: [] for k in ref}
+    for r0 in (0, 4):  # chunks of 4 and 3 rows through the same scratch
+        b = log_probs_(base[r0:r0 + 4].clone(), temperature)
+        assert torch.equal(b, log_probs(base[r0:r0 + 4], temperature))  # in-place log-softmax is exact
+        out = pair_measures_(b, log_probs_(policy[r0:r0 + 4].clone(), temperature), names, entropies=True,
+                             scratch=scratch)
+        for k, v in out.items():
+            got[k].append(v)
+    assert [buf.data_ptr() for buf in scratch] == ids
+    for k, v in ref.items():
+        assert torch.allclose(torch.cat(got[k]), v, atol=1e-6, rtol=0), k
+    assert torch.cat(got["js"])[2].item() == 0.0 and v.shape == (7,)
+
+
+def test_in_place_path_falls_back_on_minus_inf_logits():
+    lb = log_probs(torch.tensor([[0.0, float("-inf"), 1.0]]))
+    lp = log_probs(torch.tensor([[1.0, float("-inf"), 0.0]]))
+    expected = pair_measures(lb, lp, ("js", "kl_forward"))
+    got = pair_measures_(lb.clone(), lp.clone(), ("js", "kl_forward"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    with pytest.raises(TypeError, match="float32"):
+        log_probs_(torch.zeros(2, 3, dtype=torch.bfloat16))

@@ -82,6 +82,7 @@ def test_two_process_divergence_weighted_run(config_name, tiny_model_dir, tiny_p
                      weighting="sigmoid", weighting_alpha=50.0)
     proc = launch(config_name, args, rank_log_dir=log_dir)
     assert proc.returncode == 0, _fail_message(proc)
+    assert "computed at loss time" in proc.stdout  # the default path: D from the loss forward's hidden states
 
     logs = _check_two_ranks(log_dir, *EXPECTED[config_name])
     rank0 = _check_shift_once_and_equal(logs)
@@ -102,6 +103,7 @@ def test_two_process_lora_run(tiny_model_dir, tmp_path):
                      lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
     proc = launch("cpu_ddp", args, rank_log_dir=log_dir)
     assert proc.returncode == 0, _fail_message(proc)
+    assert "computed at loss time" in proc.stdout  # base = adapter-disabled policy, run inside the loss step
 
     logs = _check_two_ranks(log_dir, "DistributedType.MULTI_CPU", None)
     rank0 = _check_shift_once_and_equal(logs)

@@ -41,9 +41,12 @@ def batch_of(dataset, n=4):
     return [dataset[0]] * n  # one prompt group, as TRL's RepeatSampler builds it
 
 
-def test_weighting_none_matches_trl_loss_and_grads(tiny_tokenizer, prompts, tmp_path):
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_weighting_none_matches_trl_loss_and_grads(reuse, tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
-    ours = dw_trainer(copy.deepcopy(model), tiny_tokenizer, prompts, tmp_path / "a", weighting="none")
+    ours = dw_trainer(copy.deepcopy(model), tiny_tokenizer, prompts, tmp_path / "a", weighting="none",
+                      divergence_reuse_loss_forward=reuse)
+    assert ours._dw_at_loss is reuse
     trl = GRPOTrainer(model=copy.deepcopy(model), reward_funcs=[short_reward],
                       args=GRPOConfig(output_dir=str(tmp_path / "b"), **COMMON), train_dataset=prompts,
                       processing_class=tiny_tokenizer)
@@ -59,29 +62,98 @@ def test_weighting_none_matches_trl_loss_and_grads(tiny_tokenizer, prompts, tmp_
         results.append((inputs, loss.detach(), {n: p.grad.clone() for n, p in tr.model.named_parameters()}))
     (in_a, loss_a, g_a), (in_b, loss_b, g_b) = results
     assert torch.equal(in_a["completion_ids"], in_b["completion_ids"])  # same batch
-    assert in_a["advantages"].shape == in_a["completion_ids"].shape  # ours is (B, T)
     assert in_b["advantages"].abs().sum() > 0  # non-trivial advantages
-    assert torch.equal(in_a["advantages"], in_b["advantages"][:, None].expand_as(in_a["advantages"]))
+    if reuse:  # (B, T) advantages are built inside the loss step, in a copy: the buffered batch keeps TRL's (B,)
+        assert torch.equal(in_a["advantages"], in_b["advantages"])
+    else:
+        assert in_a["advantages"].shape == in_a["completion_ids"].shape  # ours is (B, T)
+        assert torch.equal(in_a["advantages"], in_b["advantages"][:, None].expand_as(in_a["advantages"]))
+    assert ours._last_weights.shape == in_a["completion_ids"].shape
+    assert torch.equal(ours._last_weights, torch.ones_like(ours._last_weights))
     assert torch.equal(loss_a, loss_b)
     for name in g_b:
         assert torch.equal(g_a[name], g_b[name]), name
 
 
 @pytest.mark.parametrize("weighting", ["sigmoid", "linear"])
-def test_policy_equals_base_gives_zero_divergence_and_unit_weights(weighting, tiny_model_dir, tiny_tokenizer,
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_policy_equals_base_gives_zero_divergence_and_unit_weights(weighting, reuse, tiny_model_dir, tiny_tokenizer,
                                                                     prompts, tmp_path):
-    tr = dw_trainer(str(tiny_model_dir), tiny_tokenizer, prompts, tmp_path, weighting=weighting)
+    tr = dw_trainer(str(tiny_model_dir), tiny_tokenizer, prompts, tmp_path, weighting=weighting,
+                    divergence_reuse_loss_forward=reuse)
     assert tr.base_model is not None and tr.base_model is not tr.model
     tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
     torch.manual_seed(0)
     out = tr._generate_and_score_completions(batch_of(prompts))
+    tr.compute_loss(tr.model, out)  # D-at-loss: the divergence, weights and metrics come from this step
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
     am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 2)
-    assert torch.equal(stats["div"], torch.zeros_like(stats["div"]))  # exactly 0 at every token
     assert torch.equal(tr._last_weights, torch.ones_like(tr._last_weights))  # exactly 1
+    assert tr._last_weights.shape == out["completion_ids"].shape
     assert tr._metrics["train"]["shift/divergence_mean"] == [0.0]
     assert tr._metrics["train"]["shift/weight_frac_not_one"] == [0.0]
+    stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 2)
+    assert torch.equal(stats["div"], torch.zeros_like(stats["div"]))  # exactly 0 at every token
+
+
+def _loss_grads_metrics(tr, prompts, n_micro=1):
+    """One optimizer step's worth of loss calls on one generated batch: losses, summed grads, shift/ metrics."""
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = n_micro
+    torch.manual_seed(7)
+    tr.model.zero_grad()
+    losses = []
+    for i in range(n_micro):
+        tr._step = i
+        inputs = tr._prepare_inputs(batch_of(prompts, 4 * n_micro))  # TRL's buffer: generates at i = 0
+        loss = tr.compute_loss(tr.model, inputs)
+        loss.backward()
+        losses.append(loss.detach())
+    grads = {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+    return torch.stack(losses), grads, {k: v for k, v in tr._metrics["train"].items() if k.startswith("shift/")}
+
+
+@pytest.mark.parametrize("n_micro", [1, 2])
+def test_divergence_at_loss_equals_divergence_after_generation(n_micro, tiny_model_dir, tiny_policy_dir,
+                                                               tiny_tokenizer, prompts, tmp_path):
+    """The loss-time path (policy hidden states captured from TRL's loss forward, one forward saved) gives the
+    same loss, gradients and shift/ metrics as the separate pass after generation; with 2 micro-batches per
+    generation (steps_per_generation = gradient_accumulation_steps = 2) the metrics are still logged once, over
+    the whole generation batch."""
+    kw = dict(base_model_name_or_path=str(tiny_model_dir), weighting="sigmoid", weighting_alpha=300.0,
+              gradient_accumulation_steps=n_micro, steps_per_generation=n_micro, temperature=0.8)
+    runs = []
+    for reuse in (True, False):
+        tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path / str(reuse),
+                        divergence_reuse_loss_forward=reuse, **kw)
+        assert tr._dw_at_loss is reuse
+        runs.append(_loss_grads_metrics(tr, prompts, n_micro))
+    (loss_a, g_a, m_a), (loss_b, g_b, m_b) = runs
+    assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=1e-5), (loss_a, loss_b)
+    for name in g_b:
+        assert torch.allclose(g_a[name], g_b[name], atol=1e-6, rtol=1e-4), name
+    assert set(m_a) == set(m_b) and len(m_a["shift/divergence_mean"]) == 1  # logged once per generation batch
+    assert m_a["shift/num_tokens"] == m_b["shift/num_tokens"]
+    assert m_a["shift/divergence_mean"][0] > 1e-4 and m_a["shift/weight_frac_not_one"][0] > 0  # a real test
+    for key in m_b:
+        assert m_a[key] == pytest.approx(m_b[key], rel=1e-4, abs=1e-7, nan_ok=True), key
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, True),
+    ({"divergence_reuse_loss_forward": False}, False),
+    ({"num_iterations": 2}, False),  # the batch is reused after an optimizer step: π_old != π_θ
+    ({"steps_per_generation": 2}, False),  # generation not aligned with optimizer steps (GA = 1)
+    ({"steps_per_generation": 2, "gradient_accumulation_steps": 2}, True),
+    ({"steps_per_generation": 2, "gradient_accumulation_steps": 2, "weighting": "top_quantile"}, False),  # ranks
+    ({"steps_per_generation": 2, "gradient_accumulation_steps": 2, "weighting_renormalize": "batch"}, False),
+    ({"weighting": "top_quantile", "weighting_renormalize": "batch"}, True),  # micro-batch == generation batch
+    ({"divergence_source": "old", "num_iterations": 2}, False),
+])
+def test_divergence_at_loss_only_where_exact(kw, expected, tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    tr = dw_trainer(str(tiny_model_dir), tiny_tokenizer, prompts, tmp_path, **kw)
+    assert tr._dw_at_loss is expected
 
 
 def test_chunked_base_vs_policy_matches_float64_reference(tiny_model_dir, tiny_policy_dir, tiny_tokenizer, prompts,
@@ -89,7 +161,7 @@ def test_chunked_base_vs_policy_matches_float64_reference(tiny_model_dir, tiny_p
     """Base = tiny_model_dir, policy = another random model: the trainer's hidden-state, micro-batched,
     row-chunked JS equals JS computed in float64 from each model's full forward logits."""
     tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path, base_model_name_or_path=str(tiny_model_dir),
-                    divergence_chunk_size=5, temperature=0.7)
+                    divergence_chunk_size=5, temperature=0.7, divergence_reuse_loss_forward=False)
     tr.model.train()
     torch.manual_seed(0)
     out = tr._generate_and_score_completions(batch_of(prompts))
@@ -205,3 +277,24 @@ def test_shift_metrics_hand():
     assert m["frac_above_0.01"] == 0.5 and m["frac_above_0.1"] == 0.25
     assert m["entropy_base_high"] == 1.0 and m["entropy_base_low"] == 3.0 and m["entropy_policy_high"] == 5.0
     assert m["weight_mean"] == pytest.approx(1.125) and m["weight_max"] == 1.5 and m["weight_frac_not_one"] == 0.25
+
+
+def test_evaluate_logs_shift_metrics_on_both_paths(tiny_model_dir, tiny_policy_dir, tiny_tokenizer, prompts,
+                                                   tmp_path):
+    """`trainer.evaluate()` (TRL generates, then calls compute_loss under no_grad) logs eval shift/ metrics, and the
+    loss-time path gives the separate pass's numbers on the same generations."""
+    metrics = []
+    for reuse in (True, False):
+        tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path / str(reuse),
+                        base_model_name_or_path=str(tiny_model_dir), divergence_reuse_loss_forward=reuse,
+                        per_device_eval_batch_size=4)
+        tr.eval_dataset = prompts.select(range(2))
+        torch.manual_seed(3)
+        metrics.append(tr.evaluate())
+    on_loss, separate = metrics
+    assert on_loss["eval_shift/num_tokens"] == separate["eval_shift/num_tokens"] > 0
+    assert on_loss["eval_shift/divergence_mean"] > 1e-4
+    for key in ("eval_shift/divergence_mean", "eval_shift/divergence_p90", "eval_shift/entropy_base_low",
+                "eval_shift/weight_mean"):
+        assert on_loss[key] == pytest.approx(separate[key], rel=1e-4), key
+    assert on_loss["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4, abs=1e-7)
