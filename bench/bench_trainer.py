@@ -8,7 +8,10 @@ Compares, on a random Llama with a large vocabulary:
 - step:  `DivergenceWeightedGRPOTrainer` (full-vocabulary JS, beta = 0, sigmoid weights; D at loss time,
   the default) vs TRL `GRPOTrainer` with beta = 0.04 (which already runs a reference-model forward every
   step); also `dw_js_separate`, the same trainer with `divergence_reuse_loss_forward=False` (the path
-  taken where D cannot be computed at loss time, e.g. num_iterations > 1);
+  taken where D cannot be computed at loss time, e.g. num_iterations > 1); also reported: the
+  "forward work" per step (time in `_generate_and_score_completions` + `_compute_loss`, i.e. TRL's
+  reference pass or our divergence, plus the loss forward), the part that differs between the
+  trainers, since backward and optimizer step are the same and dominate the noise of the step time;
   time = TRL's own `step_time` metric (one `training_step`: batch preparation incl. the reference /
   divergence pass, loss forward and backward), median over the steps after the first;
   targets <= 1.10x time and <= 1.15x peak memory.
@@ -61,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="per-device train batch = completions per step (default 16)")
     p.add_argument("--prompt-length", type=int, default=32, help="prompt tokens (default 32)")
     p.add_argument("--completion-length", type=int, default=128, help="completion tokens, no eos (default 128)")
-    p.add_argument("--steps", type=int, default=4, help="training steps per configuration; the first is not timed (default 4)")
+    p.add_argument("--steps", type=int, default=6, help="training steps per configuration; the first is not timed (default 6)")
     p.add_argument("--pass-repeats", type=int, default=3, help="timed repeats of each pass alone (default 3)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="divergence_chunk_size (default: the config's default, DivergenceGRPOConfig.divergence_chunk_size)")
@@ -171,6 +174,25 @@ def make_trainer(args, name: str, model_dir: str):
                                          train_dataset=dataset, processing_class=tok, rollout_func=rollout)
 
 
+def _time_calls(obj, method: str, sink: list[float]) -> None:
+    """Wrap `obj.method` (on the instance) so each call's wall time is appended to `sink`."""
+    import torch
+
+    original = getattr(obj, method)
+
+    def timed(*a, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = original(*a, **kw)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        sink.append(time.perf_counter() - t0)
+        return out
+
+    setattr(obj, method, timed)
+
+
 def worker(args) -> dict:
     """Run one configuration in this (fresh) process and return its measurements."""
     import torch
@@ -184,12 +206,18 @@ def worker(args) -> dict:
     if args._worker in ("trl_beta0.04", "dw_js", "dw_js_separate"):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        spent: dict[str, list[float]] = {"gen": [], "loss": []}
+        for method, key in (("_generate_and_score_completions", "gen"), ("_compute_loss", "loss")):
+            _time_calls(trainer, method, spent[key])
         reset_peak_rss()
         rss0 = current_rss_bytes()
         trainer.train()
         times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
         timed = times[1:] or times
-        result.update(time_s=statistics.median(timed), step_times=times)
+        # forward work per step: batch preparation (TRL's reference pass / nothing) + loss forward (D at loss time)
+        fwd = [g + lo for g, lo in zip(spent["gen"], spent["loss"])]
+        result.update(time_s=statistics.median(timed), step_times=times,
+                      fwd_s=statistics.median(fwd[1:] or fwd), fwd_times=fwd)
     else:
         tok = trainer.processing_class
         rollout = fixed_rollout(args, tok)
@@ -283,7 +311,8 @@ def main(argv=None) -> int:
                 path = ""
                 if name.startswith("dw_js"):  # which path the trainer took
                     path = ", D at loss time" if r["divergence_at_loss"] else ", D after generation"
-                print(f"  {name:<17} {CONFIGS[name]:<64} time {r['time_s']:.3f} s   peak +{mib(r['peak_mem_bytes'])}"
+                fwd = f" (forward work {r['fwd_s']:.3f} s)" if "fwd_s" in r else ""
+                print(f"  {name:<17} {CONFIGS[name]:<64} time {r['time_s']:.3f} s{fwd}   peak +{mib(r['peak_mem_bytes'])}"
                       f"   (peak RSS {mib(r['peak_rss_bytes'])}, {r['device']}, {r['threads']} threads{path}, "
                       f"{time.time() - t0:.0f} s wall)", flush=True)
     for name, rs in rounds.items():  # per configuration: the median round by time
@@ -293,17 +322,22 @@ def main(argv=None) -> int:
             ("step: the same with the separate pass / TRL (beta=0.04)", "dw_js_separate", "trl_beta0.04", None, None),
             ("pass: divergence pass at loss time / TRL reference pass", "pass_dw", "pass_ref", None, None),
             ("pass: separate divergence pass / TRL reference pass", "pass_dw_separate", "pass_ref", None, None)]
+    for a, b in (("dw_js", "trl_beta0.04"), ("dw_js_separate", "trl_beta0.04")):
+        if a in results and b in results:  # forward work only: backward + optimizer are the same for both
+            rows.append((f"forward work/step: {a} / {b}", a, b, None, None, "fwd_s"))
     print(f"\n{'ratio':<58} {'time':>7} {'peak mem':>9}  targets")
-    for label, a, b, t_target, m_target in rows:
+    for label, a, b, t_target, m_target, *field in rows:
         if a in results and b in results:
+            key = field[0] if field else "time_s"
             # time: median over rounds of the paired ratio (the two runs of a round are adjacent in time)
-            per_round = [ra["time_s"] / rb["time_s"] for ra, rb in zip(rounds[a], rounds[b])]
+            per_round = [ra[key] / rb[key] for ra, rb in zip(rounds[a], rounds[b])]
             tr = statistics.median(per_round)
             mr = results[a]["peak_mem_bytes"] / max(1, results[b]["peak_mem_bytes"])
             target = f"<= {t_target:.2f}x / <= {m_target:.2f}x" if t_target else "-"
             spread = f"  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})" if len(per_round) > 1 else ""
             print(f"{label:<58} {tr:>6.2f}x {mr:>8.2f}x  {target}{spread}")
-            results[f"ratio:{a}/{b}"] = {"time": tr, "peak_mem": mr, "time_per_round": per_round}
+            results[f"ratio:{a}/{b}" + ("" if key == "time_s" else f":{key}")] = {
+                "time": tr, "peak_mem": mr, "time_per_round": per_round}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
