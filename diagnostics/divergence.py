@@ -120,9 +120,9 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | Non
 # Implementation note. Every measure is a sum over the vocabulary of terms built from log p, log q
 # and p = exp(log p), q = exp(log q). `pair_measures` computes p and q once per chunk and evaluates
 # all requested measures (and entropies) from them, with as few passes over the `(c, V)` arrays as
-# possible (CPU cost is memory traffic, not arithmetic): one fused `vecdot` per Σ_v p_v·x_v, one
-# `aminmax` for the finiteness test, and the exact-zero test for identical rows only on rows whose JS
-# is already tiny. Accuracy is float32 with terms differenced before summing (log p − log m, not
+# possible (CPU cost is memory traffic and allocation, not arithmetic): one `aminmax` for the
+# finiteness test, the exact-zero test for identical rows only on rows whose JS is already tiny, and,
+# in `pair_measures_` (the trainer's hot loop), every `(c, V)` temporary in reused buffers. Accuracy is float32 with terms differenced before summing (log p − log m, not
 # H(m) − ½H(p) − ½H(q)). When a row holds -inf log-probs (masked logits, top-p truncation), the
 # `0·log 0 = 0` convention needs explicit masking (`torch.where`), done only then.
 _LOG_FLOOR = -1e30  # finite stand-in for log 0 inside log m, so 0 · (log p − log m) stays 0
@@ -140,7 +140,7 @@ def _all_finite(x: torch.Tensor) -> bool:
 def _p_times(p: torch.Tensor, diff: torch.Tensor, finite: bool) -> torch.Tensor:
     """Σ_v p_v · diff_v with 0 where p_v = 0. `(..., V) -> (...)`."""
     if finite:
-        return torch.linalg.vecdot(p, diff)  # fused multiply-sum, no (..., V) temporary
+        return torch.linalg.vecdot(p, diff)  # multiply-sum over the vocabulary
     return torch.where(p > 0, p * diff, torch.zeros_like(p)).sum(dim=-1)
 
 
