@@ -202,7 +202,8 @@ def worker(args) -> dict:
     cuda = torch.cuda.is_available()
     trainer = make_trainer(args, args._worker, args._model_dir)
     result = {"config": args._worker, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
-              "divergence_at_loss": getattr(trainer, "_dw_at_loss", None)}
+              "divergence_at_loss": None if not hasattr(trainer, "divergence_timing")
+              else trainer.divergence_timing == "loss"}
     if args._worker in ("trl_beta0.04", "dw_js", "dw_js_separate"):
         if cuda:
             torch.cuda.reset_peak_memory_stats()

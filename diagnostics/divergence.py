@@ -86,6 +86,11 @@ def get_sampled_estimator(name: str) -> SampledEstimatorFn:
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | None = None) -> torch.Tensor:
     """float32 log-probabilities of `softmax(logits / temperature)`, optionally top-p truncated.
 
@@ -99,8 +104,7 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | Non
     Returns:
         `(..., V)` float32.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     logp = torch.log_softmax(scaled, dim=-1)  # (..., V)
     if top_p is None or top_p >= 1.0:
@@ -118,13 +122,15 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | Non
 
 
 # Implementation note. Every measure is a sum over the vocabulary of terms built from log p, log q
-# and p = exp(log p), q = exp(log q). `pair_measures` computes p and q once per chunk and evaluates
-# all requested measures (and entropies) from them, with as few passes over the `(c, V)` arrays as
-# possible (CPU cost is memory traffic and allocation, not arithmetic): one `aminmax` for the
-# finiteness test, the exact-zero test for identical rows only on rows whose JS is already tiny, and,
-# in `pair_measures_` (the trainer's hot loop), every `(c, V)` temporary in reused buffers. Accuracy is float32 with terms differenced before summing (log p − log m, not
-# H(m) − ½H(p) − ½H(q)). When a row holds -inf log-probs (masked logits, top-p truncation), the
-# `0·log 0 = 0` convention needs explicit masking (`torch.where`), done only then.
+# and p = exp(log p), q = exp(log q). Finite chunks (the usual case) go through `_in_place_measures`:
+# p, q once, every requested measure and both entropies from them with as few passes over the
+# `(c, V)` arrays as possible (on CPU the cost is memory traffic and allocation, not arithmetic);
+# `pair_measures` runs it on copies of its inputs, `pair_measures_` (the trainer's hot loop) on the
+# inputs themselves with reused scratch buffers. One `aminmax` decides finiteness; the exact-zero test
+# for identical rows runs only on rows whose JS is already tiny. Accuracy is float32 with terms
+# differenced before summing (log p − log m, not H(m) − ½H(p) − ½H(q), which loses small JS). Rows with
+# -inf log-probs (masked logits, top-p truncation) need the `0·log 0 = 0` convention by explicit
+# masking (`torch.where`): `_masked_measures`, also used for user-registered measures.
 _LOG_FLOOR = -1e30  # finite stand-in for log 0 inside log m, so 0 · (log p − log m) stays 0
 _IDENTICAL_CHECK_BELOW = 1e-5  # rows with JS below this are tested for exact equality (JS(p, p) = 0)
 
@@ -148,14 +154,6 @@ def _neg_plogp(p: torch.Tensor, logp: torch.Tensor, finite: bool) -> torch.Tenso
     return _p_times(p, logp, finite).neg_()
 
 
-def _js(lb, lp, pb, pp, finite):
-    logm = torch.lerp(pb, pp, 0.5).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
-    js = _p_times(pb, torch.sub(lb, logm), finite)  # Σ p (log p − log m), differenced before summing
-    js += _p_times(pp, torch.sub(lp, logm, out=logm), finite)  # Σ q (log q − log m), in logm's memory
-    js = js.mul_(0.5).clamp_(0.0, LN2)
-    return _zero_identical_rows(js, pb, pp)
-
-
 def _zero_identical_rows(js: torch.Tensor, pb: torch.Tensor, pp: torch.Tensor) -> torch.Tensor:
     """log(exp(x)) != x in float: force JS(p, p) = 0 exactly where the probability rows are identical.
 
@@ -173,68 +171,47 @@ def _zero_identical_rows(js: torch.Tensor, pb: torch.Tensor, pp: torch.Tensor) -
     return js.masked_fill_(same, 0.0)
 
 
-def _kl_forward(lb, lp, pb, pp, finite):
-    return _p_times(pb, torch.sub(lb, lp), finite).clamp_min_(0.0)
+# Masked versions of the built-in measures, for rows with -inf log-probs (0 · log 0 = 0 by `torch.where`).
+# Finite rows take `_in_place_measures`, which computes the same sums without the masks.
+def _js(lb, lp, pb, pp):
+    logm = torch.lerp(pb, pp, 0.5).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
+    js = _p_times(pb, lb - logm, False) + _p_times(pp, lp - logm, False)  # differenced before summing
+    return _zero_identical_rows(js.mul_(0.5).clamp_(0.0, LN2), pb, pp)
 
 
-def _kl_reverse(lb, lp, pb, pp, finite):
-    return _p_times(pp, torch.sub(lp, lb), finite).clamp_min_(0.0)
+def _kl_forward(lb, lp, pb, pp):
+    return _p_times(pb, lb - lp, False).clamp_min_(0.0)
 
 
-def _tv(lb, lp, pb, pp, finite):
+def _kl_reverse(lb, lp, pb, pp):
+    return _p_times(pp, lp - lb, False).clamp_min_(0.0)
+
+
+def _tv(lb, lp, pb, pp):
     return torch.sub(pb, pp).abs_().sum(dim=-1).mul_(0.5).clamp_(0.0, 1.0)
 
 
 _BUILTIN = {"js": _js, "kl_forward": _kl_forward, "kl_reverse": _kl_reverse, "tv": _tv}
 
 
-def pair_measures(
-    logp_base: torch.Tensor, logp_policy: torch.Tensor, measures: tuple[str, ...] = ("js",), *,
-    entropies: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Several divergences (and optionally both entropies) of one chunk, sharing exp() and masks.
+def _is_builtin(name: str) -> bool:
+    return name in _BUILTIN and getattr(get_divergence(name), "_builtin", False)
 
-    Args:
-        logp_base, logp_policy: `(..., V)` float32 log-probs (e.g. from `log_probs`).
-        measures: names in `DIVERGENCE_REGISTRY`.
-        entropies: also return `entropy_base`, `entropy_policy`.
 
-    Returns: `{measure: (...)}` (+ entropies), float32.
-    """
-    pb, pp = logp_base.exp(), logp_policy.exp()  # (..., V) each
-    finite = _all_finite(logp_base) and _all_finite(logp_policy)
+def _masked_measures(lb, lp, names, entropies) -> dict[str, torch.Tensor]:
+    """-inf log-probs or user-registered measures: built-ins masked, registered functions called as they are."""
+    pb, pp = lb.exp(), lp.exp()  # (..., V) each
     out: dict[str, torch.Tensor] = {}
     if entropies:
-        out["entropy_base"] = _neg_plogp(pb, logp_base, finite)
-        out["entropy_policy"] = _neg_plogp(pp, logp_policy, finite)
-    for name in measures:
-        fn = get_divergence(name)
-        builtin = _BUILTIN.get(name)
-        if builtin is not None and getattr(fn, "_builtin", False):
-            out[name] = builtin(logp_base, logp_policy, pb, pp, finite)
-        else:
-            out[name] = fn(logp_base, logp_policy)
+        out["entropy_base"] = _neg_plogp(pb, lb, False)
+        out["entropy_policy"] = _neg_plogp(pp, lp, False)
+    for name in names:
+        out[name] = _BUILTIN[name](lb, lp, pb, pp) if _is_builtin(name) else get_divergence(name)(lb, lp)
     return out
 
 
-def pair_measures_(
-    logp_base: torch.Tensor, logp_policy: torch.Tensor, measures: tuple[str, ...] = ("js",), *,
-    entropies: bool = False, scratch: list[torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """`pair_measures` for hot loops: same results, about half the memory traffic. OVERWRITES its inputs.
-
-    `p`, `q` and one temporary live in `scratch` (three float32 tensors with at least as many elements
-    as the inputs, reused across chunks, so no `(c, V)` array is allocated per chunk: on CPU fresh
-    large allocations cost page faults comparable to the arithmetic). `logp_base` / `logp_policy` are
-    overwritten by `log p − log m` / `log q − log m` for JS. Rows with -inf entries and measures that
-    are not built in go through `pair_measures` unchanged.
-    """
-    names = tuple(measures)
-    fns = [get_divergence(n) for n in names]
-    builtin = all(n in _BUILTIN and getattr(f, "_builtin", False) for n, f in zip(names, fns))
-    if not builtin or not (_all_finite(logp_base) and _all_finite(logp_policy)):
-        return pair_measures(logp_base, logp_policy, names, entropies=entropies)
-    lb, lp = logp_base, logp_policy
+def _in_place_measures(lb, lp, names, entropies, scratch) -> dict[str, torch.Tensor]:
+    """Finite log-probs, built-in measures only. Overwrites `lb`, `lp`; p, q and one temporary in `scratch`."""
     if scratch is None:
         scratch = [torch.empty_like(lb) for _ in range(3)]
     pb, pp, tmp = (buf.view(-1)[: lb.numel()].view(lb.shape) for buf in scratch)  # (..., V) each
@@ -253,26 +230,66 @@ def pair_measures_(
             out[name] = torch.sub(pb, pp, out=tmp).abs_().sum(dim=-1).mul_(0.5).clamp_(0.0, 1.0)
     if "js" in names:
         logm = torch.lerp(pb, pp, 0.5, out=tmp).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
-        js = torch.sub(lb, logm, out=lb).mul_(pb).sum(dim=-1)  # Σ p (log p − log m)
+        js = torch.sub(lb, logm, out=lb).mul_(pb).sum(dim=-1)  # Σ p (log p − log m), differenced before summing
         js += torch.sub(lp, logm, out=lp).mul_(pp).sum(dim=-1)  # Σ q (log q − log m)
         out["js"] = _zero_identical_rows(js.mul_(0.5).clamp_(0.0, LN2), pb, pp)
     return out
 
 
-def log_probs_(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """In-place `log_probs` (no top-p) for a float32 logits tensor the caller owns; returns it."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if logits.dtype != torch.float32:
-        raise TypeError(f"log_probs_ needs float32 logits, got {logits.dtype}; use log_probs (it copies).")
-    if temperature != 1.0:
-        logits.div_(temperature)
-    return torch.log_softmax(logits, dim=-1, out=logits)
+def _in_place_ok(lb: torch.Tensor, lp: torch.Tensor, names: tuple[str, ...]) -> bool:
+    return all(_is_builtin(n) for n in names) and _all_finite(lb) and _all_finite(lp)
+
+
+def pair_measures(
+    logp_base: torch.Tensor, logp_policy: torch.Tensor, measures: tuple[str, ...] = ("js",), *,
+    entropies: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Several divergences (and optionally both entropies) of one chunk, sharing exp() and masks.
+
+    Args:
+        logp_base, logp_policy: `(..., V)` float32 log-probs (e.g. from `log_probs`); not modified.
+        measures: names in `DIVERGENCE_REGISTRY`.
+        entropies: also return `entropy_base`, `entropy_policy`.
+
+    Returns: `{measure: (...)}` (+ entropies), float32.
+    """
+    names = tuple(measures)
+    if _in_place_ok(logp_base, logp_policy, names):
+        return _in_place_measures(logp_base.clone(), logp_policy.clone(), names, entropies, None)
+    return _masked_measures(logp_base, logp_policy, names, entropies)
+
+
+def pair_measures_(
+    logp_base: torch.Tensor, logp_policy: torch.Tensor, measures: tuple[str, ...] = ("js",), *,
+    entropies: bool = False, scratch: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`pair_measures` for hot loops: the same numbers, no copies and no allocation. OVERWRITES its inputs.
+
+    `p`, `q` and one temporary live in `scratch` (three float32 tensors with at least as many elements
+    as the inputs, reused across chunks, so no `(c, V)` array is allocated per chunk: on CPU fresh
+    large allocations cost page faults comparable to the arithmetic). `logp_base` / `logp_policy` are
+    overwritten by `log p − log m` / `log q − log m` for JS. Rows with -inf entries and measures that
+    are not built in go through the masked path, inputs untouched.
+    """
+    names = tuple(measures)
+    if _in_place_ok(logp_base, logp_policy, names):
+        return _in_place_measures(logp_base, logp_policy, names, entropies, scratch)
+    return _masked_measures(logp_base, logp_policy, names, entropies)
 
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     """H(p) = −Σ p log p from log-probs `(..., V) -> (...)`, 0·log 0 = 0."""
     return _neg_plogp(logp.exp(), logp, _all_finite(logp))
+
+
+def log_probs_(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """In-place `log_probs` (no top-p) for a float32 logits tensor the caller owns; returns it."""
+    _check_temperature(temperature)
+    if logits.dtype != torch.float32:
+        raise TypeError(f"log_probs_ needs float32 logits, got {logits.dtype}; use log_probs (it copies).")
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return torch.log_softmax(logits, dim=-1, out=logits)
 
 
 def _registered_builtin(name: str, doc: str) -> DivergenceFn:
