@@ -36,7 +36,10 @@ def test_accuracy_strings_conversational_and_metrics():
     assert out == [1.0, 1.0, 0.0, 0.0]
     assert metrics["rewards/accuracy/no_answer_frac"] == 0.25  # 1 of 4 has no final answer
     assert metrics["rewards/accuracy/timeout_frac"] == 0.0
+    assert metrics["rewards/accuracy/answer_too_long_frac"] == 0.0
+    assert metrics["rewards/accuracy/fallback_frac"] == 0.0  # all three answers carry a marker
     assert extra["accuracy_status"] == ["ok", "ok", "ok", "no_answer"]
+    assert extra["accuracy_path"] == ["marker", "marker", "marker", ""]
 
 
 def test_accuracy_missing_column_names_the_fix():
