@@ -22,7 +22,8 @@ Extraction order (`extract`), the same in both modes up to step 3:
    (`\\boxed{}`, an unclosed `\\boxed{`): the fallback never rescues an answer the model did mark.
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
    completion, as math-verify does: whichever ends later of the last math block and the last
-   number after it. A number keeps its thousands groups (`1 000`, `1,234`), a fraction `a/b`, a
+   number after it. Math blocks joined only by separators form a list, as boxes do
+   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a fraction `a/b`, a
    trailing percent (`28 percent`) and magnitude words (`1.5 million`): they are never dropped.
 
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
@@ -64,7 +65,8 @@ _MAGNITUDE_WORDS = r"hundred|thousand|million|billion|trillion|quadrillion|dozen
 # The fallback's numbers: thousands groups (`1,234`, `1 000`, `1{,}000`, `1\,000`), decimals,
 # a/b, then an optional percent and magnitude words, which are part of the value.
 _FALLBACK_NUMBER_RE = re.compile(
-    r"(?<![\w.])-?(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+    r"(?<![\w.])-?(?:(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+|,\d+(?![\d,]))?"
+    r"|\.\d+)(?:\s*/\s*\d+)?"
     r"(?:\s*(?:\\?%|per\s?cent\b))?"
     rf"(?:\s+(?:{_MAGNITUDE_WORDS})s?\b)*",
     re.IGNORECASE,
@@ -242,10 +244,17 @@ def _fallback(text: str) -> str | None:
         pass
     if last is not None:
         return last.group(0).strip()
-    for start, end, content in reversed(blocks):
-        if content.strip():
-            return _with_percent(text, end, content)
-    return None
+    group: list[tuple[int, int, str]] = []
+    for b in reversed(blocks):
+        if not b[2].strip():
+            continue
+        if group and _BOX_GAP_RE.fullmatch(text[b[1] : group[0][0]]) is None:
+            break
+        group.insert(0, b)
+    if not group:
+        return None
+    items = [_with_percent(text, end, content) for _, end, content in group]
+    return ", ".join(dict.fromkeys(items))  # blocks joined only by `,`/and/or form a list
 
 
 def extract(completion: str, extraction: str = "lenient") -> Extracted:

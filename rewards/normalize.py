@@ -77,7 +77,7 @@ _MAGNITUDE_RE = re.compile(
     re.IGNORECASE,
 )
 _MAGNITUDE_WORD_RE = re.compile("|".join(MAGNITUDES), re.IGNORECASE)
-_TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm)\s*\{([^{}]*)\}(?:\^\{?\d\}?)?$", re.DOTALL)
+_TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm|textbf|textit)\s*\{([^{}]*)\}(?:\^\{?\d\}?)?$", re.DOTALL)
 _WHOLE_TEXT_RE = re.compile(r"^\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}$")
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]+(?:\\%)?)\s*([a-zA-Z]{2,})(?:\^?\d)?(?:\s+([a-zA-Z]{2,}))?$")
 _ENDS_IN_OPERATOR_RE = re.compile(r"(?:[-+*/^_{(,=<>&|]|\\(?:cdot|times|div|pm|mp|frac|sqrt|cup|cap|setminus))\s*$")
@@ -88,6 +88,7 @@ _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 _CHOICE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
 _CHOICE_WITH_TEXT_RE = re.compile(r"^(?:\(([A-Ja-j])\)|([A-J])(?:[.:)]|\s))\s*(.*)$", re.DOTALL)
+_OPERATOR_START_RE = re.compile(r"[-+*/^=<>]|\\(?:cdot|times|div|pm|leq?|geq?)(?![a-zA-Z])")
 _OTHER_CHOICE_RE = re.compile(r"(?<![A-Za-z])\(?[A-J]\)?(?![A-Za-z])")
 _AND_OR_RE = re.compile(r"\s*\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+|,\s*(?:and|or)\s+")
 _MACRO_RE = re.compile(r"\\[a-zA-Z]+")
@@ -116,6 +117,25 @@ def top_level_commas(s: str) -> int:
         elif c == "," and depth == 0:
             n += 1
     return n
+
+
+def _split_top_level(s: str) -> list[str]:
+    """`s` split at its top-level commas (items stripped); `[s]` when there are none."""
+    if top_level_commas(s) == 0:
+        return [s]
+    items, depth, cur = [], 0, []
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        if c == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+    items.append("".join(cur).strip())
+    return items
 
 
 def is_list(s: str) -> bool:
@@ -194,10 +214,11 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     s = _strip_units(s)
     s = _AND_OR_RE.sub(", ", s)
     s = s.rstrip(".").strip()
-    if strip_equation:
-        m = _EQUATION_LHS_RE.match(s)
-        if m:
-            s = s[m.end() :].strip()
+    if strip_equation:  # `x = 3` -> 3; in a list each item: `x = 5, x = -5` -> `5, -5`
+        items = _split_top_level(s)
+        if any(_EQUATION_LHS_RE.match(it) for it in items):
+            items = [it[m.end():].strip() if (m := _EQUATION_LHS_RE.match(it)) else it for it in items]
+            s = ", ".join(items)
     m = _SCI_RE.fullmatch(s)
     if m:  # 1e3 -> 1\times 10^{3} (latex2sympy reads `1e3` as 1*e*3)
         s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
@@ -215,7 +236,8 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
 
 def choice_letter(s: str) -> str | None:
     """The multiple-choice letter of an answer: `B`, `(b)`, `(B) 42`, `C: the second option`.
-    None when the text after the letter names another choice (`A or B`) or there is no letter."""
+    None when the text after the letter names another choice (`A or B`), starts with an operator
+    (`A + 1`), or there is no letter."""
     s = _TEXT_WRAPPER_RE.sub(r"\1", s).strip()
     if len(s) == 1 and s.upper() in "ABCDEFGHIJ":
         return s.upper()
@@ -223,8 +245,8 @@ def choice_letter(s: str) -> str | None:
     if not m:
         return None
     letter, rest = (m.group(1) or m.group(2)).upper(), m.group(3)
-    if _OTHER_CHOICE_RE.search(rest):
-        return None
+    if _OTHER_CHOICE_RE.search(rest) or _OPERATOR_START_RE.match(rest):
+        return None  # `A or B`, `A + 1`: not a letter with its option text
     return letter
 
 

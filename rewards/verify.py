@@ -23,8 +23,9 @@ symbolic simplification; `allow_set_relation_comp=True`, so `-3 < x < 3` equals 
 one replacement: its numeric comparison (`sympy_numeric_eq`, which
 rounds floats to 6 decimals and chops `evalf` differences below 1e-15 in absolute value, so
 `\\frac{1}{2^{98}}` == `\\frac{1}{2^{99}}`) is swapped, for the duration of our call only, for
-`numeric_eq`: exact values compare exactly (50-digit evaluation, relative 1e-40), values written
-with a decimal point compare within the relative tolerance `rewards.normalize.DECIMAL_RTOL`.
+`numeric_eq`: exact values compare exactly (sympy's exact `is_zero` on the difference; only when
+sympy cannot decide, a 50-digit evaluation within 1e-40 relative), values written with a decimal
+point compare within the relative tolerance `rewards.normalize.DECIMAL_RTOL`.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _is_pct(expr) -> bool:
 def numeric_eq(a, b, float_rounding: int = 6, numeric_precision: int = 15) -> bool:
     """Drop-in for math-verify's `grader.sympy_numeric_eq` (same signature; the two precision
     arguments are ignored). Matrices compare entrywise. Numeric values (no free symbols): exact
-    ones must agree to 1e-40 relative at 50 digits; if a Float (a written decimal) is involved,
+    ones must have an exactly zero difference (50 digits, 1e-40 relative, when sympy cannot tell); if a Float (a written decimal) is involved,
     to `DECIMAL_RTOL` relative. `x%` against a non-percent also tries `x` (math-verify's `9% == 9`).
     Expressions with free symbols return False (math-verify then tries symbolic equality)."""
     from sympy import Float, MatrixBase, MatrixExpr
@@ -147,11 +148,14 @@ def _values_close(a, b) -> bool:
     try:
         if a.has(Float) or b.has(Float):  # a written decimal: relative tolerance, double precision is enough
             x, y = complex(a.evalf(_EVAL_DIGITS)), complex(b.evalf(_EVAL_DIGITS))
-            if not all(map(math.isfinite, (x.real, x.imag, y.real, y.imag))):
-                return False
+            if not all(map(math.isfinite, (x.real, x.imag, y.real, y.imag))) or (x.imag == 0) != (y.imag == 0):
+                return False  # infinities, or a real value against a complex one (`1.2 + i` is not 1.2)
             return abs(x - y) <= float(DECIMAL_RTOL) * max(abs(x), abs(y))
         if a == b:
             return True
+        zero = (a - b).is_zero  # exact arithmetic: rationals, powers, radicals decide here
+        if zero is not None:
+            return bool(zero)
         diff = abs((a - b).evalf(_EVAL_DIGITS))
         scale = max(abs(a.evalf(_EVAL_DIGITS)), abs(b.evalf(_EVAL_DIGITS)))
         if not (diff.is_finite and scale.is_finite):  # oo vs -oo: infinities are never "close"
