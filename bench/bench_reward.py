@@ -14,6 +14,8 @@ Scorers, on the same pairs, same process, sequential runs:
           started and warmed before timing (a trainer pays that once per run).
 p99 latency: per item sent to the pool, from dispatch to result, over all timed batches; the
 target is <= timeout + 10%. Hostile: wall time of `tests/rewards/reward_hostile_corpus.py` in one batch.
+Stage 1: in-process extraction + normalization (`rewards.math.prepare`) per item on the latex
+workload, `extraction="lenient"` vs `"strict"` (the cost of the fallback), microseconds per item.
 """
 
 from __future__ import annotations
@@ -114,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         agree = sum(a == b for a, b in zip(plain, ours_all)) / len(comps)
         rows.append((name, len(comps), len(comps) / t_plain, len(comps) / t_ours, t_plain / t_ours, agree))
 
+    from rewards.math import prepare
+
+    comps, golds = latex_workload(args.n_prompts, args.group, args.seed)
+    stage1 = {}
+    for mode in ("strict", "lenient"):
+        t0 = time.perf_counter()
+        for _ in range(3):
+            for c, g in zip(comps, golds):
+                prepare(c, g, extraction=mode)
+        stage1[mode] = (time.perf_counter() - t0) / (3 * len(comps)) * 1e6
+
     hostile = hostile_corpus()
     t0 = time.monotonic()
     res = score_batch_detailed([c for c, _ in hostile], [g for _, g in hostile], timeout=args.timeout)
@@ -127,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, n, ps, os_, ratio, agree in rows:
         print(f"{name:<8} {n:>6} {ps:>9.1f} {os_:>9.1f} {ratio:>6.2f}x {agree:>7.1%}")
     print(f"p99 pool item latency: {p99:.3f} s over {len(latencies)} pool items (target <= {1.1 * args.timeout:.2f} s)")
+    print(f"stage 1 (prepare) per item: strict {stage1['strict']:.0f} us, lenient {stage1['lenient']:.0f} us")
     print(
         f"hostile corpus: {len(hostile)} items in {t_hostile:.2f} s wall, worst item {hostile_worst:.2f} s, "
-        f"statuses {sorted(set(s for _, s in res))}"
+        f"statuses {sorted(set(r.status for r in res))}"
     )
     if args.json:
         args.json.write_text(json.dumps({
-            "rows": rows, "p99": p99, "timeout": args.timeout, "hostile_wall": t_hostile, "hostile_worst": hostile_worst,
+            "rows": rows, "p99": p99, "stage1_us": stage1, "timeout": args.timeout, "hostile_wall": t_hostile, "hostile_worst": hostile_worst,
         }, indent=1))
     return 0
 
