@@ -57,7 +57,7 @@ _ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ 
 _EMPHASIS_RE = re.compile(r"\*\*|__")
 _EXPLANATION_RE = re.compile(
     r"(?<=\S)(?:\.(?=\s|$)|;|,?\s+(?:because|since|as|which|where|so|given|from|due|hence|thus|therefore|"
-    r"when|if|but|with|by|for|i\.e\.|e\.g\.|which)\b|,\s+(?:the|this|that|we|it)\b)",
+    r"when|if|but|with|by|for|i\.e\.|e\.g\.)\b|,\s+(?:the|this|that|we|it)\b)",
     re.IGNORECASE,
 )
 _FILLER_BEFORE_MATH_RE = re.compile(r"(?:[A-Za-z]+[ \t]+){0,3}")

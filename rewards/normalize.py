@@ -51,6 +51,9 @@ MATH_WORDS = frozenset({
     *MAGNITUDES, *(m + "s" for m in MAGNITUDES),
 })
 
+# Words that may stand in a formula; a leftover magnitude word (`x thousand`) makes an answer text.
+_FORMULA_WORDS = MATH_WORDS - set(MAGNITUDES) - {m + "s" for m in MAGNITUDES}
+
 _LATEX_TOKEN_RE = re.compile(r"\\[a-zA-Z]+|\\.|\d(?:\s+(?=\d))?|\S")
 _SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad\b|~")  # not the `\\` of `\\ ` (a matrix row end)
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b")
@@ -208,17 +211,18 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     s = s.replace("\\$", "").strip()
     if s.startswith("$") and not s.endswith("$"):
         s = s[1:].strip()  # currency: $18
-    s = _PERCENT_WORD_RE.sub("\\%", s)
-    s = _PERCENT_SIGN_RE.sub("\\%", s)
-    s = _apply_magnitude(s)
-    s = _strip_units(s)
-    s = _AND_OR_RE.sub(", ", s)
     s = s.rstrip(".").strip()
     if strip_equation:  # `x = 3` -> 3; in a list each item: `x = 5, x = -5` -> `5, -5`
         items = _split_top_level(s)
         if any(_EQUATION_LHS_RE.match(it) for it in items):
             items = [it[m.end():].strip() if (m := _EQUATION_LHS_RE.match(it)) else it for it in items]
             s = ", ".join(items)
+    s = _PERCENT_WORD_RE.sub("\\%", s)
+    s = _PERCENT_SIGN_RE.sub("\\%", s)
+    s = _apply_magnitude(s)
+    s = _strip_units(s)
+    s = _AND_OR_RE.sub(", ", s)
+    s = s.rstrip(".").strip()
     m = _SCI_RE.fullmatch(s)
     if m:  # 1e3 -> 1\times 10^{3} (latex2sympy reads `1e3` as 1*e*3)
         s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
@@ -259,7 +263,7 @@ def is_text(s: str) -> bool:
     a math word (`Monday`, `no solution`, `5 apples and pears`). Words are compared as words,
     never parsed into products of one-letter symbols."""
     bare = _MACRO_RE.sub(" ", _ENVIRONMENT_RE.sub(" ", s))
-    return any(w.lower() not in MATH_WORDS for w in _WORD_RE.findall(bare))
+    return any(w.lower() not in _FORMULA_WORDS for w in _WORD_RE.findall(bare))
 
 
 def text_key(s: str) -> str:

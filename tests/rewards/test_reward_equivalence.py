@@ -106,7 +106,7 @@ def test_extraction_is_linear_on_hostile_input(unit):
     t0 = time.perf_counter()
     extract(text)
     prepare(text, "1")
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 2.0  # milliseconds in practice; slack for a loaded box
 
 
 # --- never judged on a part ---------------------------------------------------------------------
@@ -143,6 +143,8 @@ def test_magnitude_words_multiply(word):
     assert compute_score(rf"\boxed{{7 {word}}}", "7") == 0.0
     assert compute_score(rf"\boxed{{7 {word}}}", str(7 * factor)) == 1.0
     assert compute_score(rf"\boxed{{7\text{{ {word}}}}}", str(7 * factor)) == 1.0
+    assert compute_score(rf"\boxed{{x = 7 {word}}}", str(7 * factor)) == 1.0
+    assert compute_score(rf"\boxed{{x {word}}}", "x") == 0.0  # not a number: compared as words
 
 
 @pytest.mark.parametrize("constant", [r"\mathrm{e}", r"\mathrm{i}", r"\text{e}", "e", "i", r"\pi", r"\mathrm{\pi}"])
@@ -246,3 +248,27 @@ def test_worked_solution_gold_yields_its_final_answer():
 def test_unclosed_box_gold_is_bad_gold():
     (res,) = score_batch_detailed([r"\boxed{5}"], [r"So $x = \boxed{5$"])
     assert res[:2] == (0.0, "bad_gold")
+
+
+# --- package structure (issue 13: no import cycle in rewards/) -----------------------------------
+def test_rewards_imports_form_no_cycle():
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[2] / "rewards"
+    graph: dict[str, set[str]] = {}
+    for path in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # module- and function-level imports alike
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rewards."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("rewards.")}
+        graph[path.stem] = deps - {path.stem}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(d == target or (d not in seen and reaches(d, target, seen | {d})) for d in graph.get(start, ()))
+
+    cyclic = sorted(m for m in graph if reaches(m, m, {m}))
+    assert cyclic == [], f"import cycle through {cyclic}: {graph}"
+    assert "math" not in graph["pool"] and "math" not in graph["verify"]
