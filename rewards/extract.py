@@ -23,8 +23,9 @@ Extraction order (`extract`), the same in both modes up to step 3:
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
    completion, as math-verify does: whichever ends later of the last math block and the last
    number after it. Math blocks joined only by separators form a list, as boxes do
-   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a fraction `a/b`, a
-   trailing percent (`28 percent`) and magnitude words (`1.5 million`): they are never dropped.
+   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
+   comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
+   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped.
 
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
 
@@ -67,11 +68,11 @@ _MAGNITUDE_WORDS = r"hundred|thousand|million|billion|trillion|quadrillion|dozen
 _FALLBACK_NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+|,\d+(?![\d,]))?"
     r"|\.\d+)(?:\s*/\s*\d+)?"
-    r"(?:\s*(?:\\?%|per\s?cent\b))?"
+    r"(?:\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b))?"
     rf"(?:\s+(?:{_MAGNITUDE_WORDS})s?\b)*",
     re.IGNORECASE,
 )
-_PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent\b)", re.IGNORECASE)
+_PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b)", re.IGNORECASE)
 _GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
 
