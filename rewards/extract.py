@@ -31,7 +31,7 @@ Extraction order (`extract`), the same in both modes up to step 3:
 
 Golds (`normalize_gold`): GSM8K `... #### 42`; a `\\boxed` solution -> its boxed answer (boxes form
 a list as above; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
-solution without a box (prose: an answer phrase, a line break or several words) -> the same
+solution without a box (prose: an answer phrase, a line break or a sentence) -> the same
 markers-then-fallback extraction; else the stripped string. No fixed length cut: a gold answer
 is refused only past `MAX_GOLD_CHARS` (4096), a hostile-input guard.
 """
@@ -285,13 +285,15 @@ def extract_answer(completion: str, *, extraction: str = "lenient") -> str | Non
 
 
 def is_worked_solution(gold: str) -> bool:
-    """A gold that reads as prose rather than an answer: an answer phrase, a line break, >= 4
-    words of 3+ letters outside LaTeX macros and `\\text{}`, or >= 3 such words and a sentence end."""
+    """A gold that reads as prose rather than an answer: an answer phrase, a line break, or a
+    sentence (>= 3 words of 3+ letters outside LaTeX macros and `\\text{}`, and a sentence-ending
+    period). `all real numbers except 2` is an answer; `Each box holds 6, so there are 18.` is prose.
+    Pass gold_format="plain" to keep a gold verbatim."""
     if "\n" in gold.strip() or _ANSWER_PHRASE_RE.search(gold):
         return True
     bare = re.sub(r"\\(?:text|mbox|textrm|mathrm|textbf|operatorname)\s*\{[^{}]*\}", " ", gold[:MAX_GOLD_CHARS])
     words = len(_PROSE_WORD_RE.findall(bare))
-    return words >= 4 or (words >= 3 and bool(re.search(r"\.(?:\s|$)", gold.strip())))
+    return words >= 3 and bool(re.search(r"\.(?:\s|$)", gold.strip()))
 
 
 def normalize_gold(gold: str, fmt: str = "auto") -> str:

@@ -241,6 +241,9 @@ def test_worked_solution_gold_yields_its_final_answer():
     prose = "She buys 6 packs of 7 pens.\nSo she has 6*7 = 42 pens in total."
     assert normalize_gold(prose) == "42"
     assert normalize_gold("all real numbers") == "all real numbers"  # prose without a value stays
+    assert normalize_gold("all real numbers except 2") == "all real numbers except 2"  # an answer, not a sentence
+    assert normalize_gold("Each box holds 6 balls, so the 3 boxes hold 18.") == "18"
+    assert normalize_gold("Each box holds 6 balls, so the 3 boxes hold 18.", "plain").startswith("Each")
     long_formula = "+".join(f"x^{{{k}}}" for k in range(1, 120))  # > 512 characters, a valid gold
     assert compute_score(rf"\boxed{{{long_formula}}}", long_formula) == 1.0
 
