@@ -180,7 +180,7 @@ def _strip_units(s: str) -> str:
         s = rest
     m = _WHOLE_TEXT_RE.match(s)
     if m:
-        s = m.group(1).strip()
+        s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
     m = _UNIT_WORD_RE.match(s)
     if m and not any(w and w.lower() in MATH_WORDS for w in (m.group(2), m.group(3))):
         s = m.group(1)

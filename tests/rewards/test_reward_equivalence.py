@@ -144,6 +144,7 @@ def test_magnitude_words_multiply(word):
     assert compute_score(rf"\boxed{{7 {word}}}", str(7 * factor)) == 1.0
     assert compute_score(rf"\boxed{{7\text{{ {word}}}}}", str(7 * factor)) == 1.0
     assert compute_score(rf"\boxed{{x = 7 {word}}}", str(7 * factor)) == 1.0
+    assert compute_score(rf"\boxed{{\text{{7 {word} apples}}}}", str(7 * factor)) == 1.0
     assert compute_score(rf"\boxed{{x {word}}}", "x") == 0.0  # not a number: compared as words
 
 
