@@ -115,10 +115,10 @@ def _is_pct(expr) -> bool:
 def numeric_eq(a, b, float_rounding: int = 6, numeric_precision: int = 15) -> bool:
     """Drop-in for math-verify's `grader.sympy_numeric_eq` (same signature; the two precision
     arguments are ignored). Matrices compare entrywise. Numeric values (no free symbols): exact
-    ones must have an exactly zero difference (50 digits, 1e-40 relative, when sympy cannot tell); if a Float (a written decimal) is involved,
-    to `DECIMAL_RTOL` relative. `x%` against a non-percent also tries `x` (math-verify's `9% == 9`).
-    Expressions with free symbols return False (math-verify then tries symbolic equality)."""
-    from sympy import Float, MatrixBase, MatrixExpr
+    ones must have an exactly zero difference (when sympy cannot tell: 50 digits, 1e-40
+    relative); if a Float (a written decimal) is involved, they must agree to `DECIMAL_RTOL`
+    relative. `x%` against a non-percent also tries `x` (math-verify's `9% == 9`). Expressions with free symbols return False (math-verify then tries symbolic equality)."""
+    from sympy import MatrixBase, MatrixExpr
 
     if isinstance(a, (MatrixBase, MatrixExpr)) and isinstance(b, (MatrixBase, MatrixExpr)):
         a, b = _doit(a), _doit(b)
