@@ -41,7 +41,7 @@ from collections import Counter, deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from rewards.verify import verify_prepared
+from rewards.verify import verify_prepared, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def _worker_main(fd: int) -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer; it closes us
     conn = Connection(fd)
-    verify_prepared("1/2", "0.5", 5)  # warm up math-verify/sympy before reporting ready
+    warm_up()  # math-verify/sympy imports and latex2sympy's parser caches, before reporting ready
     conn.send("ready")
     while True:
         try:

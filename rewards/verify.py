@@ -18,7 +18,8 @@ Parsing (`parse_latex`) never judges an answer on a part of it:
 - digits separated by spaces that are not thousands groups (`1 9 9`, `2 3`) are not a number
   (latex2sympy would read `2 3` as 5): not parsed.
 
-Comparison: math-verify's `verify(gold, pred)` (relations, intervals, sets, tuples, matrices,
+Comparison: two numbers (numeric expressions without free symbols) are compared by `numeric_eq`
+alone (below); anything else by math-verify's `verify(gold, pred)` (relations, intervals, sets, tuples, matrices,
 symbolic simplification; `allow_set_relation_comp=True`, so `-3 < x < 3` equals `(-3, 3)`) with
 one replacement: its numeric comparison (`sympy_numeric_eq`, which
 rounds floats to 6 decimals and chops `evalf` differences below 1e-15 in absolute value, so
@@ -133,6 +134,14 @@ def numeric_eq(a, b, float_rounding: int = 6, numeric_precision: int = 15) -> bo
     return _values_close(_doit(a), _doit(b))
 
 
+def _both_numbers(a, b) -> bool:
+    """Both are numeric sympy expressions (no free symbols; not sets, tuples, matrices or
+    relations): `numeric_eq` is then the whole comparison, as it is inside math-verify."""
+    from sympy import Expr
+
+    return isinstance(a, Expr) and isinstance(b, Expr) and bool(a.is_number) and bool(b.is_number)
+
+
 def _doit(x):
     try:
         return x.doit()
@@ -216,6 +225,9 @@ def verify_prepared(pred: str, gold: str, soft_timeout: float | None = DEFAULT_T
         except Unparseable as e:
             logger.debug("prediction not parseable: %s", e)
             return 0.0, "no_answer"
+        if _both_numbers(gold_expr, pred_expr):  # decided here: no simplify() of a difference of numbers
+            ok = timeout(timeout_seconds=soft)(numeric_eq)(gold_expr, pred_expr)
+            return float(bool(ok)), "ok"
         with relative_tolerance():
             ok = verify(gold_expr, pred_expr, timeout_seconds=soft, raise_on_error=True, allow_set_relation_comp=True)
         return float(bool(ok)), "ok"
@@ -224,3 +236,21 @@ def verify_prepared(pred: str, gold: str, soft_timeout: float | None = DEFAULT_T
     except (Exception, RecursionError) as e:  # sympy raises anything; counted, not hidden
         logger.debug("verify failed on pred=%r gold=%r: %s: %s", pred[:80], gold[:80], type(e).__name__, e)
         return 0.0, "error"
+
+
+# One pair of each kind the reward meets, verified by each pool worker before it reports ready:
+# latex2sympy's parser builds its prediction cache per process, so a fresh worker's first parses
+# of each construct are several times slower than later ones.
+WARMUP_PAIRS = (
+    ("1/2", "0.5"), (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}"), ("(1, 2]", r"[0,\infty)"), (r"\{1, 2\}", "1, 2"),
+    (r"x \geq 5", r"5 \leq x"), ("y = 2x + 1", "2x+1"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{bmatrix} 1 \\ 2 \end{bmatrix}"),
+    (r"28\%", "0.28"), (r"3\pi", r"\frac{\pi}{4}"), ("x^2+2x+1", "(x+1)^2"), ("1+i", r"e^{i\pi}"), ("(3, 4)", "3, 4"),
+    (r"-\sqrt{5}", r"\pm 2"), (r"2^{10}", r"\binom{5}{2}"), (r"(-\infty,1)\cup(2,\infty)", r"\{-1, 1\}"),
+)
+
+
+def warm_up() -> None:
+    """Verify `WARMUP_PAIRS` once (about a second; the pool worker does it before reporting ready)."""
+    for pred, gold in WARMUP_PAIRS:
+        verify_prepared(pred, gold, DEFAULT_TIMEOUT)
+
