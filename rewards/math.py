@@ -32,6 +32,7 @@ timeout, error. Each item's `path` says which extraction decided: "marker", "fal
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -101,22 +102,31 @@ class Prepared:
     path: str | None = None
 
 
-def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepared:
-    """Stage 1: extraction, normalization and the in-process decisions. Pure Python; never raises
-    on content (ValueError for an unknown `extraction`)."""
-    check_extraction(extraction)
-    if not isinstance(gold, str) or not gold.strip():
-        return Prepared(0.0, "bad_gold")
+@functools.lru_cache(maxsize=65_536)
+def _gold_form(gold: str) -> tuple[str, bool]:
+    """(canonical gold, is it a list) or ("", False) for a bad gold. Cached: a GRPO group shares its gold."""
+    if not gold.strip():
+        return "", False
     try:
         gold_ans = normalize_gold(gold, "auto")
     except ValueError:
-        return Prepared(0.0, "bad_gold")
+        return "", False
     if not gold_ans or len(gold_ans) > MAX_GOLD_CHARS:
-        return Prepared(0.0, "bad_gold")
+        return "", False
     gold_c = canonical(gold_ans, strip_equation=False)
     list_gold = is_list(gold_c)
     if list_gold:
         gold_c = canonical(gold_ans, strip_equation=False, list_gold=True)
+    return gold_c, list_gold
+
+
+def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepared:
+    """Stage 1: extraction, normalization and the in-process decisions. Pure Python; never raises
+    on content (ValueError for an unknown `extraction`)."""
+    check_extraction(extraction)
+    if not isinstance(gold, str):
+        return Prepared(0.0, "bad_gold")
+    gold_c, list_gold = _gold_form(gold)
     if not gold_c:
         return Prepared(0.0, "bad_gold")
     ex = extract(completion, extraction) if isinstance(completion, str) else extract("", extraction)
