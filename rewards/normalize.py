@@ -102,6 +102,9 @@ _DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)\s*/\s*([-+]?\d+)")
 
 
+_BLOCK_THEN_WORDS_RE = re.compile(r"\$([^$]+)\$[ \t]*([A-Za-z][A-Za-z .]*)")
+
+
 def latex_tokens(s: str) -> tuple[str, ...]:
     """LaTeX tokens (macros, escaped chars, single non-space chars). Whitespace in math mode only
     ends macro names, so equal token sequences mean the same formula: `(1, 2]` == `(1,2]`. A space
@@ -198,6 +201,10 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    m = _BLOCK_THEN_WORDS_RE.fullmatch(s)
+    if m:  # a gold `$125$ miles`: the block's value with its words as a trailing \text (units stay units)
+        s = f"{m.group(1).strip()}\\text{{ {m.group(2).strip()}}}"
+    s = s.replace("\\textnormal", "\\text")  # `\textnormal{ miles}` is `\text{ miles}`
     s = s.replace("\\displaystyle", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = _LEFT_RIGHT_RE.sub("", s)
     s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
@@ -222,6 +229,7 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     s = _apply_magnitude(s)
     s = _strip_units(s)
     s = _AND_OR_RE.sub(", ", s)
+    s = re.sub(r",(?:\s*,)+", ",", s)  # `19, 46, \text{ and } 82`: the comma before "and" is not an empty item
     s = s.rstrip(".").strip()
     m = _SCI_RE.fullmatch(s)
     if m:  # 1e3 -> 1\times 10^{3} (latex2sympy reads `1e3` as 1*e*3)
