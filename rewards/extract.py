@@ -18,6 +18,11 @@ Extraction order (`extract`), the same in both modes up to step 3:
    the end of its line: a leading math block (`$...$`, `\\(...\\)`, `\\[...\\]`, up to three filler
    words before it) is the answer; otherwise the text up to the end of the sentence or the start of
    an explanation (`, because`, ` since`, `; `, ...): `The answer is 13, because 6+7=13.` -> `13`.
+   Blocks joined by separators form a list (`$12$ and $13$`); quotes around the answer are dropped.
+   A sentence `<subject> is/are/equals <value>` whose subject has prose or a math block gives the
+   value after its last verb: `Final Answer: The largest $n$ is 34.` -> `34` (never the subject `n`).
+   A non-empty answer phrase *after* the last box replaces it (the later marker restates the final
+   answer: `... = \\boxed{255} ... Final Answer: The final answer is $10,455$` -> `10,455`).
 3. A completion with a marker is judged on it, even when the marker is empty or malformed
    (`\\boxed{}`, an unclosed `\\boxed{`): the fallback never rescues an answer the model did mark.
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
@@ -25,7 +30,10 @@ Extraction order (`extract`), the same in both modes up to step 3:
    number after it. Math blocks joined only by separators form a list, as boxes do
    (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
    comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
-   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped.
+   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped. A number
+   inside a LaTeX group (`\\frac{1}{4}`, `2^{10}`) is never the answer alone: the whitespace-delimited
+   token around it is, when no operator touches it (`\\frac{1}{2} + \\frac{1}{3}` has none); a
+   completion that is one bare LaTeX expression (a macro, no math block, no prose word) is read whole.
 
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
 
@@ -77,8 +85,6 @@ _GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
 # In an answer phrase's sentence, the verb joining a subject to its value (the last one counts).
 _COPULA_RE = re.compile(r"\s(?:is|are|was|were|equals|=)\s+(?:equal\s+to\s+)?", re.IGNORECASE)
-# A fallback number right after these sits inside a LaTeX group (`\frac{1}{4}`, `2^{10}`, `x^2`, `a_1`).
-_IN_LATEX_GROUP_RE = re.compile(r"(?:[{^_]|\^\{|_\{)\Z")
 _OPERATORS = ("+", "-", "*", "/", "^", "_", "\\cdot", "\\times", "\\div", "\\pm")
 _QUOTES_RE = re.compile(r'^(?:\\?"|“|``)|(?:\\?"|”|\'\')(?=[.,;:!]?\s*$)')
 _LATEX_MACRO_RE = re.compile(r"\\[a-zA-Z]{2,}")
@@ -302,7 +308,7 @@ def _fallback(text: str) -> str | None:
     for last in _FALLBACK_NUMBER_RE.finditer(text, tail_start):
         pass
     if last is not None:
-        if _IN_LATEX_GROUP_RE.search(text, 0, last.start()) or text.startswith("}", last.end()):
+        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith("}", last.end()):
             return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`: not the number 4
         return last.group(0).strip()
     group: list[tuple[int, int, str]] = []
