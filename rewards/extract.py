@@ -86,6 +86,12 @@ _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
 # In an answer phrase's sentence, the verb joining a subject to its value (the last one counts).
 _COPULA_RE = re.compile(r"\s(?:is|are|was|were|equals|=)\s+(?:equal\s+to\s+)?", re.IGNORECASE)
 _OPERATORS = ("+", "-", "*", "/", "^", "_", "\\cdot", "\\times", "\\div", "\\pm")
+# Right after an answer's math block, words that make it a bound or a sum, not the value.
+_QUALIFIED_AFTER_RE = re.compile(
+    r"[ \t]*(?:(?:or\s+(?:more|less|fewer|greater|higher|lower|larger|smaller|above|below|so|else|over|under)"
+    r"|and\s+(?:up|above|below|more|less|over|under)|plus|minus|times|to\s+\$?-?\d)\b|[-+*/^=<>]|\\(?:times|cdot|pm))",
+    re.IGNORECASE,
+)
 _QUOTES_RE = re.compile(r'^(?:\\?"|“|``)|(?:\\?"|”|\'\')(?=[.,;:!]?\s*$)')
 _LATEX_MACRO_RE = re.compile(r"\\[a-zA-Z]{2,}")
 _TEXT_ARG_RE = re.compile(r"\\(?:text|mbox|textrm|mathrm|textbf|operatorname|textnormal)\s*\{[^{}]*\}")
@@ -251,8 +257,9 @@ def _answer_phrase(text: str) -> str | None:
                 if _BOX_GAP_RE.fullmatch(rest[group[-1][1] : b[0]]) is None or not b[2].strip():
                     break
                 group.append(b)
-            items = [_with_percent(rest, end, content) for _, end, content in group]
-            return ", ".join(dict.fromkeys(items))
+            if not _QUALIFIED_AFTER_RE.match(rest, group[-1][1]):  # `$3$ or more` is not 3
+                items = [_with_percent(rest, end, content) for _, end, content in group]
+                return ", ".join(dict.fromkeys(items))
     m = _EXPLANATION_RE.search(line)
     ans = line[: m.start()] if m else line
     ans = ans.strip().rstrip(".,;:!").strip()

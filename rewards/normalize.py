@@ -50,6 +50,13 @@ MATH_WORDS = frozenset({
     "exp", "lim", "max", "min", "gcd", "lcm", "det", "mod", "deg", "percent", "percentage", "pct",
     *MAGNITUDES, *(m + "s" for m in MAGNITUDES),
 })
+# Words that change what a value means (`5 or more`, `at least 5`, `x is positive`): text holding one
+# is never a unit, so it is never stripped (`\boxed{5\text{ or more}}` is not 5).
+QUALIFIER_WORDS = frozenset({
+    "or", "and", "not", "no", "more", "less", "fewer", "than", "least", "most", "at", "about", "approximately",
+    "roughly", "nearly", "almost", "around", "over", "under", "above", "below", "greater", "smaller", "larger",
+    "between", "to", "up", "only", "is", "are", "plus", "minus", "times", "if", "when", "except", "unless",
+})
 
 # Words that may stand in a formula; a leftover magnitude word (`x thousand`) makes an answer text.
 _FORMULA_WORDS = MATH_WORDS - set(MAGNITUDES) - {m + "s" for m in MAGNITUDES}
@@ -178,14 +185,14 @@ def _strip_units(s: str) -> str:
         word = m.group(2).strip().lower()
         rest = m.group(1).strip()
         if (not word or word in MATH_WORDS or any(ch.isdigit() for ch in word) or _MAGNITUDE_WORD_RE.search(word)
-                or _ENDS_IN_OPERATOR_RE.search(rest)):
+                or _ENDS_IN_OPERATOR_RE.search(rest) or QUALIFIER_WORDS.intersection(re.findall(r"[a-z]+", word))):
             break
         s = rest
     m = _WHOLE_TEXT_RE.match(s)
     if m:
         s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
     m = _UNIT_WORD_RE.match(s)
-    if m and not any(w and w.lower() in MATH_WORDS for w in (m.group(2), m.group(3))):
+    if m and not any(w and (w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS) for w in (m.group(2), m.group(3))):
         s = m.group(1)
     return s
 
