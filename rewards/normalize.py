@@ -15,8 +15,9 @@
 - **magnitude words multiply** (never dropped): `1.5 million` -> `1500000`, `5 thousand` -> `5000`,
   `3 dozen` -> `36` (hundred, thousand, million, billion, trillion, quadrillion, dozen; exact);
 - units: a trailing `\\text{...}` / unit word after a complete value is dropped (`5 \\text{ cm}`,
-  `7 apples`) unless it is a constant, a magnitude word or a math word (`pi`, `squared`, ...), or
-  what remains would end in an operator (so `3 + \\mathrm{i}` is never cut to `3 +`);
+  `7 apples`, `\\textnormal{ miles}`, a gold `$125$ miles`) unless it is a constant, a magnitude
+  word, a math word (`pi`, `squared`, ...) or holds a qualifier word (`or more`, `at least`:
+  `QUALIFIER_WORDS`), or what remains would end in an operator (`3 + \\mathrm{i}` is never `3 +`);
 - `x = 3` -> `3` when the gold is not an equation, `1e3` -> `1\\times 10^{3}`;
 - **commas** (the `1,234` rule): a comma between digit groups is a thousands separator when the
   number has the exact form `[1-9]d{0,2}(,ddd)+` (`1,234`, `12,345,678`: the English convention of
