@@ -202,11 +202,14 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
 def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
     """mean@K / pass@K of the trained model on the held-out split; main process only.
 
-    Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`; the others
+    Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`, loaded by rank 0
+    alone in the training dtype on its device through `train.standalone` (a plain `from_pretrained` would
+    enter ZeRO-3's collective `zero.Init` and hang or crash once the other ranks have left); the others
     evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded. Not covered:
     PEFT under ZeRO-3 / FSDP (output_dir then holds only the adapter).
     """
     from train.evaluate import evaluate_model
+    from train.standalone import load_standalone_model
 
     acc = trainer.accelerator
     result = None
@@ -214,10 +217,14 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
         dataset = load_split(script_args, script_args.dataset_test_split, script_args.eval_num_problems)
         zero3 = trainer.is_deepspeed_enabled and acc.state.deepspeed_plugin.zero_stage == 3
         sharded = zero3 or trainer.is_fsdp_enabled
-        model = training_args.output_dir if sharded else acc.unwrap_model(trainer.model)
-        tokenizer = None if sharded else trainer.processing_class
+        policy = acc.unwrap_model(trainer.model)
+        if sharded:  # the saved, consolidated weights, loaded by this rank alone (no zero.Init / meta loading)
+            dtype = next(policy.parameters()).dtype
+            model = load_standalone_model(training_args.output_dir, dtype=dtype, device=acc.device)
+        else:
+            model = policy
         result = evaluate_model(  # restores the model's train/eval mode itself
-            model, dataset, tokenizer=tokenizer, num_samples=script_args.eval_num_samples,
+            model, dataset, tokenizer=trainer.processing_class, num_samples=script_args.eval_num_samples,
             temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
             max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
             batch_size=script_args.eval_batch_size, seed=training_args.seed,

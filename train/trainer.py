@@ -26,7 +26,10 @@ Where this departs from the paper (see docs/trainer.md):
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from peft import PeftModel
 from transformers import PreTrainedModel, ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
@@ -50,12 +54,13 @@ from diagnostics.divergence import (
     pair_measures_,
 )
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
-from train.weighting import TOKEN_LOCAL_WEIGHTINGS, compute_weights
+from train.weighting import TOKEN_LOCAL_WEIGHTINGS, ScaleReference, compute_weights
 
 # config attributes that make the logits differ from `hidden @ W_head^T`: such models use the
 # (slower, more memory) full-forward path instead of the hidden-state path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
+WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
 QUANTILES = (0.5, 0.9, 0.99)
 SPARSITY_THRESHOLDS = (0.01, 0.05, 0.1)
 TOP_SHARES = (0.01, 0.05, 0.2)
@@ -114,7 +119,11 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         self._dw_hidden: list[torch.Tensor] = []  # policy hidden states captured from the loss forward
         self._dw_hook = None
         self._dw_pending: dict[str, list] = {"train": [], "eval": []}  # shift/ columns awaiting logging
-        self._dw_calls = 0
+        # weighting state: everything that changes the math is either derived from checkpointed state
+        # (global_step) or saved in the checkpoint (D_ref; `_save_checkpoint` / `train`)
+        self._dw_call_key: tuple = ()  # (mode, global_step) of the last weighting call
+        self._dw_call_index = 0  # weighting calls so far at that (mode, global_step): resets every step
+        self._dw_scale_ref = ScaleReference(args.weighting_scale_quantile, args.weighting_scale_ema)
         self.base_model = None  # None + PEFT: the adapter-disabled policy; None + 'old': no base needed
         self._base_is_policy_adapterless = False
         if args.divergence_source == "base":
@@ -372,6 +381,43 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             out["ent_policy"][glob] = ent["entropy_policy"]
 
     # ----------------------------------------------------------------------------------------------
+    # Checkpointed weighting state
+    # ----------------------------------------------------------------------------------------------
+
+    def weighting_state_dict(self) -> dict:
+        """The weighting state that is not a function of the config and `global_step`: D_ref (auto scale)."""
+        return {"format": 1, "scale_reference": self._dw_scale_ref.state_dict()}
+
+    def load_weighting_state_dict(self, state: dict) -> None:
+        self._dw_scale_ref.load_state_dict(state.get("scale_reference", {}))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # identical on every rank: rank 0 writes it
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
+                    json.dump(self.weighting_state_dict(), f, indent=2)
+
+    def train(self, resume_from_checkpoint=None, *pargs, **kwargs):
+        """`Trainer.train`, restoring the weighting state (D_ref) saved in the checkpoint it resumes from."""
+        path = resume_from_checkpoint
+        if isinstance(path, bool):
+            path = get_last_checkpoint(self.args.output_dir) if path else None
+        if path is not None:
+            state_file = os.path.join(path, WEIGHTING_STATE_NAME)
+            if os.path.isfile(state_file):
+                with open(state_file) as f:
+                    self.load_weighting_state_dict(json.load(f))
+            elif self.args.auto_scale:
+                warnings.warn(
+                    f"{path} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref of "
+                    "weighting_scale='auto' restarts from the next batch, so this run differs from an uninterrupted one.",
+                    stacklevel=2,
+                )
+        return super().train(resume_from_checkpoint, *pargs, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
     # Overrides
     # ----------------------------------------------------------------------------------------------
 
@@ -399,12 +445,22 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         self._log_shift(mode, div, mask, stats["ent_base"], stats["ent_policy"])
 
     def _weighted_advantages(self, advantages, div, mask, mode):
-        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); keeps the weights for the shift/ metrics."""
-        self._dw_calls += 1
-        seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_calls * 31
-                + self.accelerator.process_index)
+        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); keeps the weights for the shift/ metrics.
+
+        The random_quantile seed is a function of (weighting_seed, global step, index of this call within the
+        step, mode, process index) only, and D_ref of checkpointed state, so a resumed run weights exactly as
+        an uninterrupted one. D_ref (weighting_scale='auto') is the one in force for this generation batch: it
+        was updated from the previous ones (`_log_shift`), so weights stay token-local and the loss-time path
+        (one micro-batch at a time) equals the separate pass.
+        """
+        key = (mode, self.state.global_step)
+        self._dw_call_index = self._dw_call_index + 1 if key == self._dw_call_key else 0
+        self._dw_call_key = key
+        seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_call_index * 31
+                + (0 if mode == "train" else 104_729) + self.accelerator.process_index * 15_485_863) % (2**63 - 1)
+        scale = self._dw_scale_ref.scale() if self.args.auto_scale else None
         weights, n_bad = compute_weights(
-            self.args.weighting, div, mask, self.args.weighting_params(seed), self.args.weighting_renormalize,
+            self.args.weighting, div, mask, self.args.weighting_params(seed, scale), self.args.weighting_renormalize,
             all_reduce_sum=lambda t: self.accelerator.reduce(t, reduction="sum"),
         )  # (B, C)
         self._last_weights = weights
@@ -526,7 +582,13 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         pending.clear()
         bad = self.accelerator.reduce(torch.tensor(n_bad, device=div.device), reduction="sum")
         self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
-        allrows = self._gather_valid(local).double()  # (N, 4)
+        allrows = self._gather_valid(local).double()  # (N, 4), every rank's tokens: identical on every rank
+        if self.args.auto_scale:
+            # the D_ref these weights used (NaN while undefined), then fold this generation batch into it
+            used = self._dw_scale_ref.value
+            self._metrics[mode]["shift/weighting_scale"].append(float("nan") if used is None else used)
+            if mode == "train":
+                self._dw_scale_ref.update(allrows[:, 0])
         for key, value in shift_metrics(allrows, self.args.high_divergence_threshold).items():
             self._metrics[mode][f"shift/{key}"].append(value)
 
@@ -565,6 +627,11 @@ def shift_metrics(rows: torch.Tensor, high_threshold: float = 0.1) -> dict[str, 
     w = rows[:, 3]
     m["weight_mean"] = w.mean().item()
     m["weight_max"] = w.max().item()
+    w_sorted = torch.sort(w).values  # (N,) ascending
+    for q in (1, 50, 99):  # linear interpolation, like numpy.quantile
+        pos = q / 100 * (n - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        m[f"weight_p{q}"] = (w_sorted[lo] + (w_sorted[hi] - w_sorted[lo]) * (pos - lo)).item()
     m["weight_frac_not_one"] = (w != 1.0).double().mean().item()
     return m
 

@@ -122,7 +122,7 @@ def test_divergence_at_loss_equals_divergence_after_generation(n_micro, tiny_mod
     generation (steps_per_generation = gradient_accumulation_steps = 2) the metrics are still logged once, over
     the whole generation batch."""
     kw = dict(base_model_name_or_path=str(tiny_model_dir), weighting="sigmoid", weighting_alpha=300.0,
-              gradient_accumulation_steps=n_micro, steps_per_generation=n_micro, temperature=0.8)
+              weighting_scale=1.0, gradient_accumulation_steps=n_micro, steps_per_generation=n_micro, temperature=0.8)
     runs = []
     for reuse in (True, False):
         tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path / str(reuse),
@@ -191,7 +191,8 @@ def test_chunked_base_vs_policy_matches_float64_reference(tiny_model_dir, tiny_p
 
 def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
-    tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, weighting="sigmoid", weighting_alpha=200.0)
+    tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, weighting="sigmoid", weighting_alpha=200.0,
+                    weighting_scale=1.0)  # absolute scale: step 2 already weights (auto: see test_auto_scale_*)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     tr.train()
     changed = [n for n, p in tr.model.named_parameters() if not torch.equal(before[n], p)]
@@ -215,7 +216,7 @@ def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_
 def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, divergence_source="old", num_iterations=2,
-                    max_steps=2, weighting="sigmoid", weighting_alpha=50.0)
+                    max_steps=2, weighting="sigmoid", weighting_alpha=50.0, weighting_scale=1.0)
     assert tr.base_model is None  # no base model is loaded for the paper's π_old ‖ π_θ source
     tr.train()
     logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
