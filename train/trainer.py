@@ -71,8 +71,10 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
 
     - `__init__`: validates the config (a `DivergenceGRPOConfig`), then loads and freezes the base model
       even when `beta == 0`, in the policy's dtype: `base_model_name_or_path` if set; else TRL's
-      reference model when `beta > 0`; else, with PEFT, the adapter-disabled policy (no second copy);
-      else a copy of the policy's initial weights. Prepared for DeepSpeed / FSDP like TRL's reference
+      reference model when `beta > 0`; else, with PEFT, the policy with its initial adapter (the
+      adapter-disabled model when the adapter starts as a no-op, else a frozen "ref" copy of the initial
+      adapter, as TRL's beta > 0 reference); else a copy of the policy's initial weights. In every case
+      the base is the policy's initial weights. Prepared for DeepSpeed / FSDP like TRL's reference
       model. A base whose vocabulary differs from the policy's is an error naming both sizes.
     - D for source `base` (a detached `(B, T)` divergence base vs policy on every completion token,
       replacing `advantages` by the weighted `(B, T)` tensor, and `shift/*` metrics) is computed where it
@@ -145,6 +147,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             self.base_model = self.ref_model  # already frozen and prepared by TRL
         elif is_peft_model(policy):
             self._base_is_policy_adapterless = True
+            self._keep_initial_adapter(policy)
         elif initial_copy is not None:
             base = initial_copy
             if args.base_model_dtype == "policy":
@@ -167,6 +170,31 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             else:
                 base = self.accelerator.prepare_model(base, evaluation_mode=True)
             self.base_model = base
+
+    @staticmethod
+    def _keep_initial_adapter(peft_model) -> None:
+        """Make the PEFT base the policy's *initial* weights, whatever its adapter starts as.
+
+        With the adapter disabled the model is the pretrained backbone, which equals the initial policy only
+        when the adapter starts as a no-op (LoRA's default zero B). A policy that arrives with a trained (or
+        randomly initialised, `init_lora_weights=False`) adapter gets a frozen copy of it under the name
+        "ref", as TRL does for `beta > 0`; `_as_base` then switches to that copy. TRL's KL reference (beta > 0)
+        uses the same "ref" adapter, so base and reference agree for every beta.
+        """
+        if "ref" in peft_model.peft_config:
+            return  # TRL already made the copy (beta > 0 with a PEFT model passed in)
+        lora_b = [p for n, p in peft_model.named_parameters() if ".default." in n and "lora_B" in n]
+        others = [n for n, p in peft_model.named_parameters() if ".default." in n and "lora_" not in n]
+        if lora_b and not others and all(not p.detach().any() for p in lora_b):
+            return  # LoRA with B = 0: the adapter-disabled model is exactly the initial policy, no copy needed
+        default_config = peft_model.peft_config["default"]
+        peft_model.add_adapter("ref", default_config)
+        for name, param in peft_model.named_parameters():
+            if ".default." in name:
+                ref = peft_model.get_parameter(name.replace(".default.", ".ref."))
+                ref.data.copy_(param.data)
+                ref.requires_grad_(False)
+        peft_model.set_adapter("default")  # train the policy's adapter, not the copy
 
     def _load_base(self, path: str, policy_dtype: torch.dtype):
         kwargs = dict(self.args.model_init_kwargs or {})

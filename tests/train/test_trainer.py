@@ -226,26 +226,62 @@ def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_pat
     assert tr._buffered_inputs[0]["advantages"].dim() == 1  # the buffer itself is never rescaled
 
 
-def test_peft_uses_adapter_disabled_base(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
-    from peft import LoraConfig
-
-    args = DivergenceGRPOConfig(output_dir=str(tmp_path), **COMMON)
-    tr = DivergenceWeightedGRPOTrainer(
-        model=str(tiny_model_dir), reward_funcs=[short_reward], args=args, train_dataset=prompts,
-        processing_class=tiny_tokenizer,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    assert tr.base_model is None and tr._base_is_policy_adapterless  # no second copy
+def _peft_step0_divergence(tr, prompts):
+    """D base-vs-policy on a freshly generated batch before any update, and max |logits - backbone logits|."""
     tr.model.train()
     torch.manual_seed(0)
     out = tr._generate_and_score_completions(batch_of(prompts))
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
     am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 4)
-    assert (stats["div"] > 0).all()  # random non-zero LoRA: policy != adapter-disabled base
-    with tr.model.disable_adapter():  # with the adapter off in the policy too, the divergence vanishes
-        stats0 = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 4)
-    assert torch.equal(stats0["div"], torch.zeros_like(stats0["div"]))
+    c = out["completion_ids"].size(1)
+    stats = tr._base_vs_policy(ids, am, out["completion_ids"], c, 4)
+    with torch.no_grad():
+        logits = tr.model(input_ids=ids, attention_mask=am).logits
+        with tr.model.disable_adapter():  # the pretrained backbone alone
+            logits_off = tr.model(input_ids=ids, attention_mask=am).logits
+    return stats["div"], (logits - logits_off).abs().max()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("how", ["peft_model", "peft_config"])
+def test_peft_base_is_initial_policy_for_every_beta(beta, how, tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    """Fault 2 (issue 12): a policy whose adapter starts non-zero (a trained adapter; here init_lora_weights=False)
+    must be measured against its *initial* weights, adapter included, for beta = 0 as for beta > 0 (TRL's "ref"
+    copy). Before the fix, beta = 0 used the adapter-disabled backbone: JS ~ 2e-3 at step 0 instead of 0."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), beta=beta, **COMMON)
+    kw = dict(reward_funcs=[short_reward], args=args, train_dataset=prompts, processing_class=tiny_tokenizer)
+    if how == "peft_model":
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora)
+        tr = DivergenceWeightedGRPOTrainer(model=model, **kw)
+    else:
+        torch.manual_seed(0)
+        tr = DivergenceWeightedGRPOTrainer(model=str(tiny_model_dir), peft_config=lora, **kw)
+    div, adapter_effect = _peft_step0_divergence(tr, prompts)
+    assert adapter_effect > 1e-3  # the adapter really changes the model: the adapter-disabled base would differ
+    assert torch.equal(div, torch.zeros_like(div)), div.max()  # base == the policy's initial weights, exactly
+    assert tr.base_model is None and tr._base_is_policy_adapterless  # no second full model...
+    assert "ref" in tr.model.peft_config  # ...but a frozen copy of the initial adapter
+    assert not any(p.requires_grad for n, p in tr.model.named_parameters() if ".ref." in n)
+    assert any(p.requires_grad for n, p in tr.model.named_parameters() if ".default." in n)
+
+
+def test_peft_zero_adapter_needs_no_copy(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    """LoRA's default init (B = 0) is a no-op adapter: the adapter-disabled model is the initial policy, no copy."""
+    from peft import LoraConfig
+
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), **COMMON)
+    tr = DivergenceWeightedGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[short_reward], args=args, train_dataset=prompts,
+        processing_class=tiny_tokenizer, peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert "ref" not in tr.model.peft_config
+    div, adapter_effect = _peft_step0_divergence(tr, prompts)
+    assert adapter_effect == 0
+    assert torch.equal(div, torch.zeros_like(div))
 
 
 def test_vocab_mismatch_fails_at_construction(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
