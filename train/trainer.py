@@ -126,6 +126,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         self._dw_call_key: tuple = ()  # (mode, global_step) of the last weighting call
         self._dw_call_index = 0  # weighting calls so far at that (mode, global_step): resets every step
         self._dw_scale_ref = ScaleReference(args.weighting_scale_quantile, args.weighting_scale_ema)
+        self._dw_logits_checked = False  # the once-per-run check of the hidden-state logits (_check_hidden_logits)
+        self._dw_hidden_fallback = False  # True once that check failed: full forwards from then on
         self.base_model = None  # None + PEFT: the adapter-disabled policy; None + 'old': no base needed
         self._base_is_policy_adapterless = False
         if args.divergence_source == "base":
@@ -283,7 +285,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         `hidden @ W^T + b`. FSDP keeps the root's parameters sharded outside the root forward, so FSDP and
         models with logit scaling/soft-capping use the full forward with `logits_to_keep` instead.
         """
-        if self.is_fsdp_enabled:
+        if self.is_fsdp_enabled or self._dw_hidden_fallback:
             return False
         cfg = self._core(module).config.get_text_config()
         return all(getattr(cfg, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS)
@@ -342,6 +344,10 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         sampled = measure not in DIVERGENCE_REGISTRY
         fn = get_sampled_estimator(measure) if sampled else get_divergence(measure)
         n, c = completion_ids.shape
+        if not self._dw_logits_checked:
+            self._check_hidden_logits(input_ids[:1], attention_mask[:1], c)
+        if self._dw_hidden_fallback:
+            policy_hidden = None  # captured from the loss forward, but its projection is not the model's logits
         out = {k: torch.zeros(n * c, device=input_ids.device) for k in ("div", "ent_base", "ent_policy")}
         tokens = completion_ids.reshape(-1)  # (B·C,)
         runs_policy = policy_hidden is None or self._base_is_policy_adapterless  # a forward of self.model here
@@ -365,6 +371,57 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 with heads:
                     self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, fn, sampled)
         return {k: v.view(n, c) for k, v in out.items()}
+
+    @torch.no_grad()
+    def _check_hidden_logits(self, input_ids, attention_mask, c) -> None:
+        """Once per run, on the first batch: do `hidden @ W^T + b` logits equal the models' own forward?
+
+        `_LOGIT_TRANSFORMS` lists the config attributes known to transform logits (soft-capping, scaling); a
+        family doing something else in its forward would silently get a wrong D. So both models (policy and
+        base) project their first sequence both ways; if the largest difference exceeds 1e-4 of the largest
+        |logit| (float32; 2e-2 for 16-bit models), a warning names it and every later D uses full forwards
+        (`logits_to_keep`, more memory). The verdict is reduced over processes (any failure -> all fall back),
+        so ranks never take different paths.
+        """
+        self._dw_logits_checked = True
+        worst, where = 0.0, ""
+        modules = [("policy", self.model, nullcontext)] + (
+            [("base", self._base_module(), self._as_base)] if self._base_module() is not None else [])
+        for name, module, ctx in modules:
+            if not self._use_hidden_path(module):
+                continue
+            core = self._core(module)
+            was_training = core.training
+            core.train(False)  # no dropout: the two forwards must see the same network
+            # In the model's own precision, without mixed-precision autocast (which would run the LM head of
+            # the full forward in 16 bits): the class's forward, not accelerate's autocast-patched attribute.
+            no_autocast = torch.autocast(device_type=input_ids.device.type, enabled=False)
+            try:
+                with ctx(), no_autocast, disable_gradient_checkpointing(self.model,
+                                                                        self.args.gradient_checkpointing_kwargs):
+                    full = type(core).forward(core, input_ids=input_ids, attention_mask=attention_mask,
+                                              logits_to_keep=c + 1, use_cache=False).logits[:, :-1]  # (1, C, V)
+                    hidden = core.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                    rows, head = self._hidden_rows(core, hidden.last_hidden_state, c)
+                    with maybe_gather_lm_head_ctx(*head):
+                        mine = rows(slice(0, c)).float()  # (C, V)
+            finally:
+                core.train(was_training)
+            ref = full.reshape(-1, full.size(-1)).float()  # (C, V)
+            rel = ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+            tol = 1e-4 if full.dtype == torch.float32 else 2e-2
+            if not rel <= tol and rel / tol > worst:
+                worst, where = rel / tol, f"{name} ({type(core).__name__}: relative difference {rel:.2e} > {tol:g})"
+        bad = self.accelerator.reduce(torch.tensor(float(worst > 0), device=input_ids.device), reduction="sum")
+        if bad.item() > 0:
+            self._dw_hidden_fallback = True
+            warnings.warn(
+                "the hidden-state logits (hidden @ W^T + b) differ from the model's own forward for the "
+                f"{where or 'model on another process'}: its family transforms logits in a way _LOGIT_TRANSFORMS "
+                "(train/trainer.py) does not list. Falling back to full forwards for the divergence (exact, more "
+                "memory); add the config attribute to _LOGIT_TRANSFORMS to make this explicit.",
+                stacklevel=2,
+            )
 
     def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
         """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`).
@@ -503,7 +560,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         # The buffered batch is reused across micro-steps / num_iterations: rescale a shallow copy, never the buffer.
         inputs = dict(inputs)
         self._dw_loss_inputs = inputs
-        if self._dw_at_loss:  # capture the policy backbone's output of TRL's own (fused-LM-head) loss forward
+        if self._dw_at_loss and not self._dw_hidden_fallback:  # capture the policy backbone's loss-forward output
             self._dw_hook = self._core(model).base_model.register_forward_hook(self._capture_hidden)
         try:
             loss = super()._compute_loss(model, inputs)
@@ -544,9 +601,12 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _rescale_with_base(self, inputs, input_ids, attention_mask, logits_to_keep) -> None:
         """Source 'base' at loss time: D from the captured policy hidden states and a base forward."""
-        hidden = torch.cat(self._dw_hidden, dim=0) if len(self._dw_hidden) > 1 else self._dw_hidden[0]
+        if self._dw_hidden_fallback or not self._dw_hidden:  # no valid capture: _base_vs_policy runs the policy
+            hidden = None
+        else:
+            hidden = torch.cat(self._dw_hidden, dim=0) if len(self._dw_hidden) > 1 else self._dw_hidden[0]
         self._dw_hidden = []
-        if hidden.shape[:2] != input_ids.shape:
+        if hidden is not None and hidden.shape[:2] != input_ids.shape:
             raise RuntimeError(
                 f"captured policy hidden states {tuple(hidden.shape)} do not match the loss batch "
                 f"{tuple(input_ids.shape)}; set divergence_reuse_loss_forward=False."

@@ -335,3 +335,106 @@ def test_evaluate_logs_shift_metrics_on_both_paths(tiny_model_dir, tiny_policy_d
                 "eval_shift/weight_mean"):
         assert on_loss[key] == pytest.approx(separate[key], rel=1e-4), key
     assert on_loss["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4, abs=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------
+# Guards against silent no-ops (issue 12)
+# ------------------------------------------------------------------------------------------------
+
+def _trl_loss_grads(tr, inputs):
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    tr.model.zero_grad()
+    loss = tr.compute_loss(tr.model, inputs)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+
+
+@pytest.mark.parametrize("weighting", ["sigmoid", "top_quantile"])
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_weighted_loss_equals_trl_loss_with_injected_advantages(weighting, reuse, tiny_model_dir, tiny_policy_dir,
+                                                                 tiny_tokenizer, prompts, tmp_path):
+    """Our loss and gradients == plain trl.GRPOTrainer's on the same batch with our (B, T) advantages
+    w · Â injected after `_generate_and_score_completions`. A TRL upgrade that reads the advantages before our
+    hook (or copies them elsewhere) makes ours the unweighted loss and fails here (the weights are far from 1,
+    so the unweighted loss differs)."""
+    policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    ours = dw_trainer(copy.deepcopy(policy), tiny_tokenizer, prompts, tmp_path / "a", weighting=weighting,
+                      base_model_name_or_path=str(tiny_model_dir), divergence_reuse_loss_forward=reuse,
+                      weighting_alpha=10.0, weighting_rho=0.3)
+    assert ours._dw_at_loss is reuse
+    if weighting == "sigmoid":  # weighting_scale='auto' (the default) with D_ref already known
+        ours._dw_scale_ref.value = 2e-3
+    trl = GRPOTrainer(model=copy.deepcopy(policy), reward_funcs=[short_reward],
+                      args=GRPOConfig(output_dir=str(tmp_path / "b"), **COMMON), train_dataset=prompts,
+                      processing_class=tiny_tokenizer)
+    ours.model.train()
+    torch.manual_seed(5)
+    inputs = ours._generate_and_score_completions(batch_of(prompts))
+    plain_adv = inputs["advantages"]  # (B,) at loss time; (B, T) already weighted after generation
+    loss_ours, g_ours = _trl_loss_grads(ours, inputs)
+    weights = ours._last_weights  # (B, T): what our trainer applied
+    assert weights.shape == inputs["completion_ids"].shape
+    mask = inputs["completion_mask"].bool()
+    assert (weights[mask] - 1).abs().max() > 0.2  # far from a no-op
+    injected = dict(inputs)
+    injected["advantages"] = plain_adv if plain_adv.dim() == 2 else weights * plain_adv[:, None]  # (B, T)
+    loss_trl, g_trl = _trl_loss_grads(trl, injected)
+    assert torch.allclose(loss_ours, loss_trl, rtol=1e-6, atol=1e-8), (loss_ours, loss_trl)
+    for name in g_trl:
+        assert torch.allclose(g_ours[name], g_trl[name], rtol=1e-5, atol=1e-8), name
+    if plain_adv.dim() == 1:  # the teeth: TRL's loss on the unweighted (B,) advantages is a different number
+        loss_unweighted, _ = _trl_loss_grads(trl, inputs)
+        assert not torch.allclose(loss_unweighted, loss_ours, rtol=1e-3)
+
+
+def _double_logits_hook(module, args, output):
+    return output * 2.0  # a logit transform no config attribute announces (e.g. a custom scaled head)
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_hidden_logit_check_falls_back_to_full_forward(reuse, tiny_model_dir, tiny_policy_dir, tiny_tokenizer,
+                                                      prompts, tmp_path):
+    """A policy whose forward transforms the logits in a way `_LOGIT_TRANSFORMS` does not know: the check on the
+    first batch warns, switches to full forwards, and D then equals JS of the models' real (transformed) logits."""
+    policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    policy.lm_head.register_forward_hook(_double_logits_hook)
+    tr = dw_trainer(policy, tiny_tokenizer, prompts, tmp_path, base_model_name_or_path=str(tiny_model_dir),
+                    divergence_reuse_loss_forward=reuse, temperature=0.7, weighting_scale=1.0)
+    assert tr._dw_at_loss is reuse  # the config alone cannot tell
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="_LOGIT_TRANSFORMS"):
+        inputs = tr._prepare_inputs(batch_of(prompts))
+        tr.compute_loss(tr.model, inputs)
+    assert tr._dw_hidden_fallback and not tr._use_hidden_path(tr.model)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    c = inputs["completion_ids"].size(1)
+    stats = tr._base_vs_policy(ids, am, inputs["completion_ids"], c, 4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        lb = base(input_ids=ids, attention_mask=am).logits[:, -c - 1 : -1].double() / 0.7
+        lp = policy(input_ids=ids, attention_mask=am).logits[:, -c - 1 : -1].double() / 0.7  # hook included
+    p, q = torch.softmax(lb, -1), torch.softmax(lp, -1)
+    m = 0.5 * (p + q)
+    js = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)  # (B, C)
+    # the test's autocast (bf16 on this CPU) runs the full forward's LM head in 16 bits: ~1e-4 on D ~ 1e-2
+    assert torch.allclose(stats["div"].double(), js, atol=5e-4, rtol=0), (stats["div"].double() - js).abs().max()
+    if reuse:  # the weights applied at loss time came from that D (after generation, rows were shuffled since)
+        assert torch.allclose(tr._last_weights[inputs["completion_mask"].bool()].double(),
+                              (1 + torch.sigmoid(10 * stats["div"].double()) - 0.5)[inputs["completion_mask"].bool()],
+                              atol=2e-3)
+
+
+def test_hidden_logit_check_passes_for_plain_models(tiny_model_dir, tiny_policy_dir, tiny_tokenizer, prompts,
+                                                    tmp_path):
+    tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path,
+                    base_model_name_or_path=str(tiny_model_dir))
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    inputs = tr._prepare_inputs(batch_of(prompts))
+    tr.compute_loss(tr.model, inputs)
+    assert tr._dw_logits_checked and not tr._dw_hidden_fallback and tr._use_hidden_path(tr.model)
