@@ -249,7 +249,8 @@ def paired_comparison(runs, metrics: list[str], baseline: str = BASELINE):
 
 def paired_markdown(paired, baseline: str = BASELINE) -> str:
     """The paired table: mean ± std of the per-seed difference, paired t-test and sign-test p-values."""
-    lines = [f"Paired against `{baseline}` (same seeds; difference = variant − {baseline}; accuracies in points):", "",
+    lines = [f"Paired against `{baseline}` (same seeds; difference = variant − {baseline}; accuracies in points):",
+             "",
              "| variant | metric | mean diff ± std | t | p (paired t) | wins/losses | p (sign) |",
              "|---|---|---|---|---|---|---|"]
     for _, r in paired.iterrows():

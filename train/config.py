@@ -142,7 +142,8 @@ class DivergenceGRPOConfig(GRPOConfig):
         default="auto",
         metadata={
             "help": "Unit of D for 'sigmoid' and 'linear' (they read D / scale). 'auto' (default): D_ref, a running "
-            "EMA over the previous generation batches of the weighting_scale_quantile of |D| over all processes' tokens, "
+            "EMA over the previous generation batches of the weighting_scale_quantile of |D| over all processes' "
+            "tokens, "
             "identical on every rank and saved in checkpoints, so one alpha means the same on every model and measure "
             "(weights are 1 until a batch with non-zero D has been seen, e.g. step 1 when the base is the policy's "
             "initial weights). A number > 0: an absolute scale (1 = the paper's sigmoid(alpha * D))."
@@ -302,7 +303,9 @@ def parse_weighting_scale(value) -> str | float:
     try:
         scale = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"weighting_scale={value!r} is neither 'auto' nor a number; set 'auto' or e.g. 0.693.") from None
+        raise ValueError(
+            f"weighting_scale={value!r} is neither 'auto' nor a number; set 'auto' or e.g. 0.693."
+        ) from None
     if not (scale > 0 and scale != float("inf")):
         raise ValueError(f"weighting_scale={value!r} must be 'auto' or a finite number > 0.")
     return scale

@@ -479,7 +479,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:  # identical on every rank: rank 0 writes it
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
             if os.path.isdir(folder):
                 with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
                     json.dump(self.weighting_state_dict(), f, indent=2)
@@ -497,7 +498,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             elif self.args.auto_scale:
                 warnings.warn(
                     f"{path} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref of "
-                    "weighting_scale='auto' restarts from the next batch, so this run differs from an uninterrupted one.",
+                    "weighting_scale='auto' restarts from the next batch, so this run differs from an uninterrupted "
+                    "one.",
                     stacklevel=2,
                 )
         return super().train(resume_from_checkpoint, *pargs, **kwargs)

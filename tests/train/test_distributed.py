@@ -56,7 +56,8 @@ def _check_shift_once_and_equal(logs: dict[int, list[dict]]) -> dict[int, dict]:
         assert steps == list(range(1, MAX_STEPS + 1)), f"rank {rank}: shift/ metrics logged at steps {steps}"
     rank0, rank1 = per_rank[0], per_rank[1]
     for step, metrics in rank0.items():
-        assert {"shift/divergence_mean", "shift/weight_mean", "shift/frac_above_0.1", "shift/weight_p99"} <= set(metrics)
+        expected = {"shift/divergence_mean", "shift/weight_mean", "shift/frac_above_0.1", "shift/weight_p99"}
+        assert expected <= set(metrics)
         # Reduced across processes before logging: both ranks must report the very same numbers.
         assert metrics == rank1[step], f"step {step}: rank 0 {metrics} != rank 1 {rank1[step]}"
         for key, value in metrics.items():
