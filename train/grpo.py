@@ -209,6 +209,8 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
     evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded. Not covered:
     PEFT under ZeRO-3 / FSDP (output_dir then holds only the adapter).
     """
+    from accelerate.utils import is_peft_model
+
     from train.evaluate import evaluate_model
     from train.standalone import load_standalone_model, standalone
 
@@ -222,6 +224,8 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
         if sharded:  # the saved, consolidated weights, loaded by this rank alone (no zero.Init / meta loading)
             dtype = next(policy.parameters()).dtype
             model = load_standalone_model(training_args.output_dir, dtype=dtype, device=acc.device)
+        elif is_peft_model(policy):  # the LoRA-injected transformers model: it generates with the adapter on
+            model = policy.get_base_model()
         else:
             model = policy
         with standalone():  # rank 0 alone: no ZeRO-3 synced generation (an all_reduce per token)
