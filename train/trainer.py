@@ -115,6 +115,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         ):
             initial_copy = copy.deepcopy(model)
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        self._check_launch()
         if isinstance(self.processing_class, ProcessorMixin):
             raise ValueError("DivergenceWeightedGRPOTrainer supports text-only models; got a multimodal processor.")
         self._dw_loss_inputs: dict | None = None  # set only while TRL's _compute_loss runs (loss-time D)
@@ -133,6 +134,28 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         if args.divergence_source == "base":
             self._setup_base_model(model, initial_copy)
         self._dw_at_loss = self._reuse_loss_forward()
+
+    def _check_launch(self) -> None:
+        """Refuse a launch whose distributed setup silently differs from the one asked for.
+
+        accelerate enables FSDP only on accelerator devices (GPU/XPU/...): `accelerate launch` with an FSDP config
+        on CPU gives plain DDP with `use_cpu` (every rank a full model copy) and, without it, independent
+        single-process runs (no process group at all).
+        """
+        state = self.accelerator.state
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+            raise ValueError(
+                f"the accelerate config asks for FSDP but accelerate set up {state.distributed_type} (device "
+                f"{self.accelerator.device}): this accelerate enables FSDP on GPUs only. On CPU use "
+                "accelerate_configs/cpu_ddp.yaml or cpu_zero3.yaml (sharded parameters)."
+            )
+        if world > 1 and state.num_processes == 1:
+            raise ValueError(
+                f"launched as {world} processes (WORLD_SIZE) but accelerate set up {state.distributed_type} with one "
+                "process each: the ranks would train independently. On CPU pass --use_cpu true with a "
+                "MULTI_GPU/DeepSpeed config (accelerate_configs/cpu_*.yaml)."
+            )
 
     # ----------------------------------------------------------------------------------------------
     # Base model
