@@ -438,3 +438,28 @@ def test_hidden_logit_check_passes_for_plain_models(tiny_model_dir, tiny_policy_
     inputs = tr._prepare_inputs(batch_of(prompts))
     tr.compute_loss(tr.model, inputs)
     assert tr._dw_logits_checked and not tr._dw_hidden_fallback and tr._use_hidden_path(tr.model)
+
+
+@pytest.mark.parametrize("env,state,match", [
+    ({"ACCELERATE_USE_FSDP": "true"}, ("DistributedType.MULTI_CPU", 2), "FSDP on GPUs only"),
+    ({"WORLD_SIZE": "2"}, ("DistributedType.NO", 1), "the ranks would train independently"),
+])
+def test_launch_that_silently_differs_is_refused(env, state, match, monkeypatch):
+    """accelerate on CPU turns an FSDP config into DDP (use_cpu) or into independent processes (no use_cpu), and
+    both exit 0 (tried: docs/launch.md); the trainer refuses them at start-up instead."""
+    from types import SimpleNamespace
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fake = SimpleNamespace(
+        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]),
+                                    device="cpu"),
+        is_fsdp_enabled=False,
+    )
+    with pytest.raises(ValueError, match=match):
+        DivergenceWeightedGRPOTrainer._check_launch(fake)
+    monkeypatch.delenv(next(iter(env)))
+    DivergenceWeightedGRPOTrainer._check_launch(SimpleNamespace(  # a proper 2-process DDP run passes
+        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU",
+                                                          num_processes=2), device="cpu"),
+        is_fsdp_enabled=False))
