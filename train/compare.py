@@ -34,14 +34,20 @@ logger = logging.getLogger("train.compare")
 # named variant -> GRPO arguments (any other name is passed as `--weighting NAME`)
 VARIANTS: dict[str, list[str]] = {
     "none": ["--weighting", "none"],
-    "sigmoid_high": ["--weighting", "sigmoid", "--weighting_alpha", "10.0", "--weighting_s", "1.0"],
-    "sigmoid_low": ["--weighting", "sigmoid", "--weighting_alpha", "-10.0", "--weighting_s", "1.0"],
+    "sigmoid_high": ["--weighting", "sigmoid", "--weighting_alpha", "10.0", "--weighting_s", "1.0",
+                     "--weighting_scale", "auto"],
+    "sigmoid_low": ["--weighting", "sigmoid", "--weighting_alpha", "-10.0", "--weighting_s", "1.0",
+                    "--weighting_scale", "auto"],
     "linear": ["--weighting", "linear"],
     "normalized": ["--weighting", "normalized"],
     "top_quantile": ["--weighting", "top_quantile", "--weighting_rho", "0.2"],
     "random_quantile": ["--weighting", "random_quantile", "--weighting_rho", "0.2"],
+    # TRL's own 80/20 rule (Wang et al., arXiv 2506.01939): loss on the 20% highest-entropy tokens, no D weighting
+    "entropy_8020": ["--weighting", "none", "--top_entropy_quantile", "0.2"],
 }
-SHIFT_KEYS = ("shift/divergence_mean", "shift/divergence_p99", "shift/frac_above_0.01", "shift/weight_mean")
+BASELINE = "none"  # the paired comparison's reference variant
+SHIFT_KEYS = ("shift/divergence_mean", "shift/divergence_p99", "shift/frac_above_0.01", "shift/weight_mean",
+              "shift/weight_p99")
 
 
 def variant_args(name: str) -> list[str]:
@@ -79,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--output-dir", required=True, help="one folder per variant/seed, plus the tables and plots")
     p.add_argument("--eval-num-samples", type=int, default=8, help="K of the held-out mean@K after each run")
+    p.add_argument("--base", default=None,
+                   help="the base model every run starts from (sets --model_name_or_path; default: the recipe's)")
     p.add_argument("--group", default=None, help="wandb group (default: the output dir's name)")
     p.add_argument("--dry-run", action="store_true", help="only write commands.sh (e.g. for a GPU cluster)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
@@ -107,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"{sorted(set(VARIANTS) | set(WEIGHTING_REGISTRY))}")
     extra = [a for a in args.extra if a != "--"]
     extra += ["--eval_num_samples", str(args.eval_num_samples)]
+    if args.base is not None:
+        if not Path(args.base).is_dir():
+            raise SystemExit(f"sparse-rlvr compare: error: --base {args.base!r} is not a directory. Fix: build one "
+                             "with `sparse-rlvr tiny-base --output-dir DIR`")
+        extra += ["--model_name_or_path", str(args.base)]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_RUN_GROUP", args.group or out.name)
@@ -153,9 +166,99 @@ def collect(plan: list[tuple[str, int, Path]], out: Path) -> None:
                  for m in metrics]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines.append(f"\nmean ± std over {n_seeds} seeds (accuracies in %, held-out split).")
+    paired = paired_comparison(runs, metrics)
+    if paired is not None:
+        paired.to_csv(out / "paired.csv", index=False)
+        lines += ["", paired_markdown(paired)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(runs, pd.DataFrame(curves), out)
+
+
+def student_t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with `df` degrees of freedom: 2 P(T > |t|).
+
+    P(|T| < |t|) = ∫_{-|t|}^{|t|} pdf, pdf(x) = Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) (1 + x²/ν)^{-(ν+1)/2}, integrated
+    with Simpson's rule on [0, |t|] (4000 intervals; error < 1e-9 for the |t| < 100 that matter here).
+    """
+    import math
+
+    if df < 1:
+        return float("nan")
+    if not math.isfinite(t):
+        return 0.0 if abs(t) == math.inf else float("nan")
+    a = abs(t)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def pdf(x):
+        return c * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    n = 4000
+    h = a / n
+    s = pdf(0) + pdf(a) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+    return max(0.0, 1.0 - 2.0 * s * h / 3.0)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: 2 · P(Binomial(n, ½) <= min(wins, losses)), n = wins + losses (ties dropped)."""
+    import math
+
+    n = wins + losses
+    if n == 0:
+        return float("nan")
+    k = min(wins, losses)
+    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired_comparison(runs, metrics: list[str], baseline: str = BASELINE):
+    """Per-seed differences `variant − baseline` on every metric, over the seeds both have.
+
+    Returns a DataFrame (variant, metric, n, mean_diff, std_diff, t, p_t, wins, losses, p_sign) or None when
+    the baseline was not run. t = mean / (std / √n) (paired t-test, n − 1 df); sign test on wins vs losses.
+    """
+    import math
+
+    import pandas as pd
+
+    if baseline not in set(runs["variant"]):
+        return None
+    base = runs[runs["variant"] == baseline].set_index("seed")
+    rows = []
+    for v in dict.fromkeys(runs["variant"]):
+        if v == baseline:
+            continue
+        other = runs[runs["variant"] == v].set_index("seed")
+        seeds = sorted(set(base.index) & set(other.index))
+        for m in metrics:
+            d = [float(other.loc[s, m]) - float(base.loc[s, m]) for s in seeds]
+            n = len(d)
+            mean = sum(d) / n if n else float("nan")
+            std = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("nan")
+            if n > 1 and std > 0:
+                t = mean / (std / math.sqrt(n))
+            elif n > 1:  # every seed gives the same difference
+                t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+            else:
+                t = float("nan")
+            wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
+            rows.append({"variant": v, "metric": m, "n": n, "mean_diff": mean, "std_diff": std, "t": t,
+                         "p_t": student_t_two_sided_p(t, n - 1) if n > 1 else float("nan"),
+                         "wins": wins, "losses": losses, "p_sign": sign_test_p(wins, losses)})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(paired, baseline: str = BASELINE) -> str:
+    """The paired table: mean ± std of the per-seed difference, paired t-test and sign-test p-values."""
+    lines = [f"Paired against `{baseline}` (same seeds; difference = variant − {baseline}; accuracies in points):",
+             "",
+             "| variant | metric | mean diff ± std | t | p (paired t) | wins/losses | p (sign) |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in paired.iterrows():
+        k = 1.0 if r["metric"] == "final_reward" else 100.0
+        fmt = "{:+.3f} ± {:.3f}" if r["metric"] == "final_reward" else "{:+.1f} ± {:.1f}"
+        lines.append(f"| {r['variant']} | {r['metric']} | {fmt.format(k * r['mean_diff'], k * r['std_diff'])} | "
+                     f"{r['t']:.2f} | {r['p_t']:.3f} | {r['wins']}/{r['losses']} | {r['p_sign']:.3f} |")
+    return "\n".join(lines)
 
 
 def plot(runs, curves, out: Path) -> None:

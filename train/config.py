@@ -18,7 +18,7 @@ from trl import GRPOConfig
 
 from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
 from rewards.extract import EXTRACTION_MODES
-from train.weighting import RENORMALIZE_MODES, WEIGHTING_REGISTRY, WeightingParams
+from train.weighting import RENORMALIZE_MODES, SCALED_WEIGHTINGS, WEIGHTING_REGISTRY, WeightingParams
 
 PAPER = "arXiv 2603.22446"
 DIVERGENCE_SOURCES = ("base", "old")
@@ -130,16 +130,36 @@ class DivergenceGRPOConfig(GRPOConfig):
     weighting_alpha: float = field(
         default=10.0,
         metadata={
-            "help": "alpha of 'sigmoid' and 'linear'. The paper does not publish its value; with JS (<= ln 2) "
-            "alpha = 10 maps D = 0.1 (the paper's high-divergence threshold) to sigmoid(1)."
+            "help": "alpha of 'sigmoid' and 'linear' (applied to D / weighting_scale). The paper does not publish "
+            "its value; alpha = 10 maps D = 0.1 D_ref (weighting_scale='auto') to sigmoid(1), and D = D_ref (the p99 "
+            "token) to weight 1 + s (sigmoid(10) - 1/2) ~ 1 + s/2."
         },
     )
     weighting_s: float = field(
         default=1.0,
         metadata={"help": "s of 'sigmoid': weights lie in 1 +/- s/2 (not published by the paper)."},
     )
-    weighting_scale: float = field(
-        default=1.0, metadata={"help": "scale of 'linear' (D is divided by it), > 0; e.g. 0.693 for JS."}
+    weighting_scale: str = field(
+        default="auto",
+        metadata={
+            "help": "Unit of D for 'sigmoid' and 'linear' (they read D / scale). 'auto' (default): D_ref, a running "
+            "EMA over the previous generation batches of the weighting_scale_quantile of |D| over all processes' "
+            "tokens, "
+            "identical on every rank and saved in checkpoints, so one alpha means the same on every model and measure "
+            "(weights are 1 until a batch with non-zero D has been seen, e.g. step 1 when the base is the policy's "
+            "initial weights). A number > 0: an absolute scale (1 = the paper's sigmoid(alpha * D))."
+        },
+    )
+    weighting_scale_quantile: float = field(
+        default=0.99,
+        metadata={"help": "Quantile q of |D| that defines D_ref for weighting_scale='auto', in (0, 1]."},
+    )
+    weighting_scale_ema: float = field(
+        default=0.1,
+        metadata={
+            "help": "EMA rate r of D_ref across training updates, in (0, 1]: D_ref <- (1 - r) D_ref + r * quantile "
+            "(the first non-zero quantile initialises it; 1 = the current batch only)."
+        },
     )
     weighting_min: float = field(default=0.0, metadata={"help": "w_min of 'linear' (lower clip)."})
     weighting_max: float = field(default=5.0, metadata={"help": "w_max of 'linear' (upper clip), >= w_min."})
@@ -149,7 +169,10 @@ class DivergenceGRPOConfig(GRPOConfig):
     )
     weighting_seed: int = field(
         default=0,
-        metadata={"help": "Seed of 'random_quantile' (combined with the step and process index)."},
+        metadata={
+            "help": "Seed of 'random_quantile', combined with the global step, the call's index within the step and "
+            "the process index: all checkpointed or fixed, so a resumed run draws the same tokens."
+        },
     )
     weighting_renormalize: str = field(
         default="none",
@@ -214,8 +237,13 @@ class DivergenceGRPOConfig(GRPOConfig):
                 f"weighting_rho={self.weighting_rho} is outside (0, 1]; set the fraction of tokens "
                 f"{self.weighting!r} keeps, e.g. weighting_rho=0.2."
             )
-        if self.weighting == "linear" and self.weighting_scale <= 0:
-            raise ValueError(f"weighting_scale={self.weighting_scale} must be > 0 for weighting='linear'.")
+        self.weighting_scale = parse_weighting_scale(self.weighting_scale)
+        if not 0.0 < self.weighting_scale_quantile <= 1.0:
+            raise ValueError(
+                f"weighting_scale_quantile={self.weighting_scale_quantile} is outside (0, 1]; e.g. 0.99 (p99 of D)."
+            )
+        if not 0.0 < self.weighting_scale_ema <= 1.0:
+            raise ValueError(f"weighting_scale_ema={self.weighting_scale_ema} is outside (0, 1]; e.g. 0.1.")
         if self.weighting_min > self.weighting_max:
             raise ValueError(
                 f"weighting_min={self.weighting_min} > weighting_max={self.weighting_max}; swap them."
@@ -259,16 +287,39 @@ class DivergenceGRPOConfig(GRPOConfig):
         generate_every = self.steps_per_generation * self.num_iterations
         return self.gradient_accumulation_steps % generate_every != 0
 
-    def weighting_params(self, seed: int | None = None) -> WeightingParams:
+    @property
+    def auto_scale(self) -> bool:
+        """True when the weights read D / D_ref (weighting_scale='auto' and a weighting that uses a scale)."""
+        return self.weighting_scale == "auto" and self.weighting in SCALED_WEIGHTINGS
+
+    def weighting_params(self, seed: int | None = None, scale: float | None = None) -> WeightingParams:
+        """The weighting knobs; `scale` overrides weighting_scale (the trainer passes D_ref when it is 'auto')."""
+        if scale is None:
+            scale = 1.0 if self.weighting_scale == "auto" else self.weighting_scale
         return WeightingParams(
             alpha=self.weighting_alpha,
             s=self.weighting_s,
-            scale=self.weighting_scale,
+            scale=scale,
             w_min=self.weighting_min,
             w_max=self.weighting_max,
             rho=self.weighting_rho,
             seed=self.weighting_seed if seed is None else seed,
         )
+
+
+def parse_weighting_scale(value) -> str | float:
+    """'auto' or a number > 0 (from YAML, the command line or Python) -> 'auto' or a float; else ValueError."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"weighting_scale={value!r} is neither 'auto' nor a number; set 'auto' or e.g. 0.693."
+        ) from None
+    if not (scale > 0 and scale != float("inf")):
+        raise ValueError(f"weighting_scale={value!r} must be 'auto' or a finite number > 0.")
+    return scale
 
 
 def new_fields() -> list:

@@ -203,11 +203,17 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
 def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
     """mean@K / pass@K of the trained model on the held-out split; main process only.
 
-    Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`; the others
+    Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`, loaded by rank 0
+    alone in the training dtype on its device, and generation runs, inside `train.standalone.standalone()`
+    (else `from_pretrained` enters ZeRO-3's collective `zero.Init` and `generate` syncs every token across
+    ranks, which hangs or crashes once the other ranks have left); the others
     evaluate the in-memory (unwrapped, possibly PEFT) model, so nothing is reloaded. Not covered:
     PEFT under ZeRO-3 / FSDP (output_dir then holds only the adapter).
     """
+    from accelerate.utils import is_peft_model
+
     from train.evaluate import evaluate_model
+    from train.standalone import load_standalone_model, standalone
 
     acc = trainer.accelerator
     result = None
@@ -215,14 +221,21 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
         dataset = load_split(script_args, script_args.dataset_test_split, script_args.eval_num_problems)
         zero3 = trainer.is_deepspeed_enabled and acc.state.deepspeed_plugin.zero_stage == 3
         sharded = zero3 or trainer.is_fsdp_enabled
-        model = training_args.output_dir if sharded else acc.unwrap_model(trainer.model)
-        tokenizer = None if sharded else trainer.processing_class
-        result = evaluate_model(  # restores the model's train/eval mode itself
-            model, dataset, tokenizer=tokenizer, num_samples=script_args.eval_num_samples,
-            temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
-            max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
-            batch_size=script_args.eval_batch_size, seed=training_args.seed,
-        )
+        policy = acc.unwrap_model(trainer.model)
+        if sharded:  # the saved, consolidated weights, loaded by this rank alone (no zero.Init / meta loading)
+            dtype = next(policy.parameters()).dtype
+            model = load_standalone_model(training_args.output_dir, dtype=dtype, device=acc.device)
+        elif is_peft_model(policy):  # the LoRA-injected transformers model: it generates with the adapter on
+            model = policy.get_base_model()
+        else:
+            model = policy
+        with standalone():  # rank 0 alone: no ZeRO-3 synced generation (an all_reduce per token)
+            result = evaluate_model(  # restores the model's train/eval mode itself
+                model, dataset, tokenizer=trainer.processing_class, num_samples=script_args.eval_num_samples,
+                temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
+                max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
+                batch_size=script_args.eval_batch_size, seed=training_args.seed,
+            )
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
         path = Path(training_args.output_dir) / "final_eval.json"
         path.write_text(json.dumps(summary, indent=2))

@@ -26,7 +26,10 @@ Where this departs from the paper (see docs/trainer.md):
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from peft import PeftModel
 from transformers import PreTrainedModel, ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
@@ -50,12 +54,13 @@ from diagnostics.divergence import (
     pair_measures_,
 )
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
-from train.weighting import TOKEN_LOCAL_WEIGHTINGS, compute_weights
+from train.weighting import TOKEN_LOCAL_WEIGHTINGS, ScaleReference, compute_weights
 
 # config attributes that make the logits differ from `hidden @ W_head^T`: such models use the
 # (slower, more memory) full-forward path instead of the hidden-state path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
+WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
 QUANTILES = (0.5, 0.9, 0.99)
 SPARSITY_THRESHOLDS = (0.01, 0.05, 0.1)
 TOP_SHARES = (0.01, 0.05, 0.2)
@@ -66,8 +71,10 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
 
     - `__init__`: validates the config (a `DivergenceGRPOConfig`), then loads and freezes the base model
       even when `beta == 0`, in the policy's dtype: `base_model_name_or_path` if set; else TRL's
-      reference model when `beta > 0`; else, with PEFT, the adapter-disabled policy (no second copy);
-      else a copy of the policy's initial weights. Prepared for DeepSpeed / FSDP like TRL's reference
+      reference model when `beta > 0`; else, with PEFT, the policy with its initial adapter (the
+      adapter-disabled model when the adapter starts as a no-op, else a frozen "ref" copy of the initial
+      adapter, as TRL's beta > 0 reference); else a copy of the policy's initial weights. In every case
+      the base is the policy's initial weights. Prepared for DeepSpeed / FSDP like TRL's reference
       model. A base whose vocabulary differs from the policy's is an error naming both sizes.
     - D for source `base` (a detached `(B, T)` divergence base vs policy on every completion token,
       replacing `advantages` by the weighted `(B, T)` tensor, and `shift/*` metrics) is computed where it
@@ -108,18 +115,47 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         ):
             initial_copy = copy.deepcopy(model)
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        self._check_launch()
         if isinstance(self.processing_class, ProcessorMixin):
             raise ValueError("DivergenceWeightedGRPOTrainer supports text-only models; got a multimodal processor.")
         self._dw_loss_inputs: dict | None = None  # set only while TRL's _compute_loss runs (loss-time D)
         self._dw_hidden: list[torch.Tensor] = []  # policy hidden states captured from the loss forward
         self._dw_hook = None
         self._dw_pending: dict[str, list] = {"train": [], "eval": []}  # shift/ columns awaiting logging
-        self._dw_calls = 0
+        # weighting state: everything that changes the math is either derived from checkpointed state
+        # (global_step) or saved in the checkpoint (D_ref; `_save_checkpoint` / `train`)
+        self._dw_call_key: tuple = ()  # (mode, global_step) of the last weighting call
+        self._dw_call_index = 0  # weighting calls so far at that (mode, global_step): resets every step
+        self._dw_scale_ref = ScaleReference(args.weighting_scale_quantile, args.weighting_scale_ema)
+        self._dw_logits_checked = False  # the once-per-run check of the hidden-state logits (_check_hidden_logits)
+        self._dw_hidden_fallback = False  # True once that check failed: full forwards from then on
         self.base_model = None  # None + PEFT: the adapter-disabled policy; None + 'old': no base needed
         self._base_is_policy_adapterless = False
         if args.divergence_source == "base":
             self._setup_base_model(model, initial_copy)
         self._dw_at_loss = self._reuse_loss_forward()
+
+    def _check_launch(self) -> None:
+        """Refuse a launch whose distributed setup silently differs from the one asked for.
+
+        accelerate enables FSDP only on accelerator devices (GPU/XPU/...): `accelerate launch` with an FSDP config
+        on CPU gives plain DDP with `use_cpu` (every rank a full model copy) and, without it, independent
+        single-process runs (no process group at all).
+        """
+        state = self.accelerator.state
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+            raise ValueError(
+                f"the accelerate config asks for FSDP but accelerate set up {state.distributed_type} (device "
+                f"{self.accelerator.device}): this accelerate enables FSDP on GPUs only. On CPU use "
+                "accelerate_configs/cpu_ddp.yaml or cpu_zero3.yaml (sharded parameters)."
+            )
+        if world > 1 and state.num_processes == 1:
+            raise ValueError(
+                f"launched as {world} processes (WORLD_SIZE) but accelerate set up {state.distributed_type} with one "
+                "process each: the ranks would train independently. On CPU pass --use_cpu true with a "
+                "MULTI_GPU/DeepSpeed config (accelerate_configs/cpu_*.yaml)."
+            )
 
     # ----------------------------------------------------------------------------------------------
     # Base model
@@ -136,6 +172,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             self.base_model = self.ref_model  # already frozen and prepared by TRL
         elif is_peft_model(policy):
             self._base_is_policy_adapterless = True
+            self._keep_initial_adapter(policy)
         elif initial_copy is not None:
             base = initial_copy
             if args.base_model_dtype == "policy":
@@ -158,6 +195,31 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             else:
                 base = self.accelerator.prepare_model(base, evaluation_mode=True)
             self.base_model = base
+
+    @staticmethod
+    def _keep_initial_adapter(peft_model) -> None:
+        """Make the PEFT base the policy's *initial* weights, whatever its adapter starts as.
+
+        With the adapter disabled the model is the pretrained backbone, which equals the initial policy only
+        when the adapter starts as a no-op (LoRA's default zero B). A policy that arrives with a trained (or
+        randomly initialised, `init_lora_weights=False`) adapter gets a frozen copy of it under the name
+        "ref", as TRL does for `beta > 0`; `_as_base` then switches to that copy. TRL's KL reference (beta > 0)
+        uses the same "ref" adapter, so base and reference agree for every beta.
+        """
+        if "ref" in peft_model.peft_config:
+            return  # TRL already made the copy (beta > 0 with a PEFT model passed in)
+        lora_b = [p for n, p in peft_model.named_parameters() if ".default." in n and "lora_B" in n]
+        others = [n for n, p in peft_model.named_parameters() if ".default." in n and "lora_" not in n]
+        if lora_b and not others and all(not p.detach().any() for p in lora_b):
+            return  # LoRA with B = 0: the adapter-disabled model is exactly the initial policy, no copy needed
+        default_config = peft_model.peft_config["default"]
+        peft_model.add_adapter("ref", default_config)
+        for name, param in peft_model.named_parameters():
+            if ".default." in name:
+                ref = peft_model.get_parameter(name.replace(".default.", ".ref."))
+                ref.data.copy_(param.data)
+                ref.requires_grad_(False)
+        peft_model.set_adapter("default")  # train the policy's adapter, not the copy
 
     def _load_base(self, path: str, policy_dtype: torch.dtype):
         kwargs = dict(self.args.model_init_kwargs or {})
@@ -246,7 +308,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         `hidden @ W^T + b`. FSDP keeps the root's parameters sharded outside the root forward, so FSDP and
         models with logit scaling/soft-capping use the full forward with `logits_to_keep` instead.
         """
-        if self.is_fsdp_enabled:
+        if self.is_fsdp_enabled or self._dw_hidden_fallback:
             return False
         cfg = self._core(module).config.get_text_config()
         return all(getattr(cfg, name, None) in (None, 1.0) for name in _LOGIT_TRANSFORMS)
@@ -305,6 +367,10 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         sampled = measure not in DIVERGENCE_REGISTRY
         fn = get_sampled_estimator(measure) if sampled else get_divergence(measure)
         n, c = completion_ids.shape
+        if not self._dw_logits_checked:
+            self._check_hidden_logits(input_ids[:1], attention_mask[:1], c)
+        if self._dw_hidden_fallback:
+            policy_hidden = None  # captured from the loss forward, but its projection is not the model's logits
         out = {k: torch.zeros(n * c, device=input_ids.device) for k in ("div", "ent_base", "ent_policy")}
         tokens = completion_ids.reshape(-1)  # (B·C,)
         runs_policy = policy_hidden is None or self._base_is_policy_adapterless  # a forward of self.model here
@@ -328,6 +394,57 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 with heads:
                     self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, fn, sampled)
         return {k: v.view(n, c) for k, v in out.items()}
+
+    @torch.no_grad()
+    def _check_hidden_logits(self, input_ids, attention_mask, c) -> None:
+        """Once per run, on the first batch: do `hidden @ W^T + b` logits equal the models' own forward?
+
+        `_LOGIT_TRANSFORMS` lists the config attributes known to transform logits (soft-capping, scaling); a
+        family doing something else in its forward would silently get a wrong D. So both models (policy and
+        base) project their first sequence both ways; if the largest difference exceeds 1e-4 of the largest
+        |logit| (float32; 2e-2 for 16-bit models), a warning names it and every later D uses full forwards
+        (`logits_to_keep`, more memory). The verdict is reduced over processes (any failure -> all fall back),
+        so ranks never take different paths.
+        """
+        self._dw_logits_checked = True
+        worst, where = 0.0, ""
+        modules = [("policy", self.model, nullcontext)] + (
+            [("base", self._base_module(), self._as_base)] if self._base_module() is not None else [])
+        for name, module, ctx in modules:
+            if not self._use_hidden_path(module):
+                continue
+            core = self._core(module)
+            was_training = core.training
+            core.train(False)  # no dropout: the two forwards must see the same network
+            # In the model's own precision, without mixed-precision autocast (which would run the LM head of
+            # the full forward in 16 bits): the class's forward, not accelerate's autocast-patched attribute.
+            no_autocast = torch.autocast(device_type=input_ids.device.type, enabled=False)
+            try:
+                with ctx(), no_autocast, disable_gradient_checkpointing(self.model,
+                                                                        self.args.gradient_checkpointing_kwargs):
+                    full = type(core).forward(core, input_ids=input_ids, attention_mask=attention_mask,
+                                              logits_to_keep=c + 1, use_cache=False).logits[:, :-1]  # (1, C, V)
+                    hidden = core.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                    rows, head = self._hidden_rows(core, hidden.last_hidden_state, c)
+                    with maybe_gather_lm_head_ctx(*head):
+                        mine = rows(slice(0, c)).float()  # (C, V)
+            finally:
+                core.train(was_training)
+            ref = full.reshape(-1, full.size(-1)).float()  # (C, V)
+            rel = ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+            tol = 1e-4 if full.dtype == torch.float32 else 2e-2
+            if not rel <= tol and rel / tol > worst:
+                worst, where = rel / tol, f"{name} ({type(core).__name__}: relative difference {rel:.2e} > {tol:g})"
+        bad = self.accelerator.reduce(torch.tensor(float(worst > 0), device=input_ids.device), reduction="sum")
+        if bad.item() > 0:
+            self._dw_hidden_fallback = True
+            warnings.warn(
+                "the hidden-state logits (hidden @ W^T + b) differ from the model's own forward for the "
+                f"{where or 'model on another process'}: its family transforms logits in a way _LOGIT_TRANSFORMS "
+                "(train/trainer.py) does not list. Falling back to full forwards for the divergence (exact, more "
+                "memory); add the config attribute to _LOGIT_TRANSFORMS to make this explicit.",
+                stacklevel=2,
+            )
 
     def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
         """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`).
@@ -372,6 +489,45 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             out["ent_policy"][glob] = ent["entropy_policy"]
 
     # ----------------------------------------------------------------------------------------------
+    # Checkpointed weighting state
+    # ----------------------------------------------------------------------------------------------
+
+    def weighting_state_dict(self) -> dict:
+        """The weighting state that is not a function of the config and `global_step`: D_ref (auto scale)."""
+        return {"format": 1, "scale_reference": self._dw_scale_ref.state_dict()}
+
+    def load_weighting_state_dict(self, state: dict) -> None:
+        self._dw_scale_ref.load_state_dict(state.get("scale_reference", {}))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # identical on every rank: rank 0 writes it
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
+                    json.dump(self.weighting_state_dict(), f, indent=2)
+
+    def train(self, resume_from_checkpoint=None, *pargs, **kwargs):
+        """`Trainer.train`, restoring the weighting state (D_ref) saved in the checkpoint it resumes from."""
+        path = resume_from_checkpoint
+        if isinstance(path, bool):
+            path = get_last_checkpoint(self.args.output_dir) if path else None
+        if path is not None:
+            state_file = os.path.join(path, WEIGHTING_STATE_NAME)
+            if os.path.isfile(state_file):
+                with open(state_file) as f:
+                    self.load_weighting_state_dict(json.load(f))
+            elif self.args.auto_scale:
+                warnings.warn(
+                    f"{path} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref of "
+                    "weighting_scale='auto' restarts from the next batch, so this run differs from an uninterrupted "
+                    "one.",
+                    stacklevel=2,
+                )
+        return super().train(resume_from_checkpoint, *pargs, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
     # Overrides
     # ----------------------------------------------------------------------------------------------
 
@@ -399,12 +555,22 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         self._log_shift(mode, div, mask, stats["ent_base"], stats["ent_policy"])
 
     def _weighted_advantages(self, advantages, div, mask, mode):
-        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); keeps the weights for the shift/ metrics."""
-        self._dw_calls += 1
-        seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_calls * 31
-                + self.accelerator.process_index)
+        """Ã = w · Â[:, None]  ((B,) , (B, C) -> (B, C)); keeps the weights for the shift/ metrics.
+
+        The random_quantile seed is a function of (weighting_seed, global step, index of this call within the
+        step, mode, process index) only, and D_ref of checkpointed state, so a resumed run weights exactly as
+        an uninterrupted one. D_ref (weighting_scale='auto') is the one in force for this generation batch: it
+        was updated from the previous ones (`_log_shift`), so weights stay token-local and the loss-time path
+        (one micro-batch at a time) equals the separate pass.
+        """
+        key = (mode, self.state.global_step)
+        self._dw_call_index = self._dw_call_index + 1 if key == self._dw_call_key else 0
+        self._dw_call_key = key
+        seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_call_index * 31
+                + (0 if mode == "train" else 104_729) + self.accelerator.process_index * 15_485_863) % (2**63 - 1)
+        scale = self._dw_scale_ref.scale() if self.args.auto_scale else None
         weights, n_bad = compute_weights(
-            self.args.weighting, div, mask, self.args.weighting_params(seed), self.args.weighting_renormalize,
+            self.args.weighting, div, mask, self.args.weighting_params(seed, scale), self.args.weighting_renormalize,
             all_reduce_sum=lambda t: self.accelerator.reduce(t, reduction="sum"),
         )  # (B, C)
         self._last_weights = weights
@@ -419,7 +585,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         # The buffered batch is reused across micro-steps / num_iterations: rescale a shallow copy, never the buffer.
         inputs = dict(inputs)
         self._dw_loss_inputs = inputs
-        if self._dw_at_loss:  # capture the policy backbone's output of TRL's own (fused-LM-head) loss forward
+        if self._dw_at_loss and not self._dw_hidden_fallback:  # capture the policy backbone's loss-forward output
             self._dw_hook = self._core(model).base_model.register_forward_hook(self._capture_hidden)
         try:
             loss = super()._compute_loss(model, inputs)
@@ -460,9 +626,12 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _rescale_with_base(self, inputs, input_ids, attention_mask, logits_to_keep) -> None:
         """Source 'base' at loss time: D from the captured policy hidden states and a base forward."""
-        hidden = torch.cat(self._dw_hidden, dim=0) if len(self._dw_hidden) > 1 else self._dw_hidden[0]
+        if self._dw_hidden_fallback or not self._dw_hidden:  # no valid capture: _base_vs_policy runs the policy
+            hidden = None
+        else:
+            hidden = torch.cat(self._dw_hidden, dim=0) if len(self._dw_hidden) > 1 else self._dw_hidden[0]
         self._dw_hidden = []
-        if hidden.shape[:2] != input_ids.shape:
+        if hidden is not None and hidden.shape[:2] != input_ids.shape:
             raise RuntimeError(
                 f"captured policy hidden states {tuple(hidden.shape)} do not match the loss batch "
                 f"{tuple(input_ids.shape)}; set divergence_reuse_loss_forward=False."
@@ -526,7 +695,13 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         pending.clear()
         bad = self.accelerator.reduce(torch.tensor(n_bad, device=div.device), reduction="sum")
         self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
-        allrows = self._gather_valid(local).double()  # (N, 4)
+        allrows = self._gather_valid(local).double()  # (N, 4), every rank's tokens: identical on every rank
+        if self.args.auto_scale:
+            # the D_ref these weights used (NaN while undefined), then fold this generation batch into it
+            used = self._dw_scale_ref.value
+            self._metrics[mode]["shift/weighting_scale"].append(float("nan") if used is None else used)
+            if mode == "train":
+                self._dw_scale_ref.update(allrows[:, 0])
         for key, value in shift_metrics(allrows, self.args.high_divergence_threshold).items():
             self._metrics[mode][f"shift/{key}"].append(value)
 
@@ -565,6 +740,11 @@ def shift_metrics(rows: torch.Tensor, high_threshold: float = 0.1) -> dict[str, 
     w = rows[:, 3]
     m["weight_mean"] = w.mean().item()
     m["weight_max"] = w.max().item()
+    w_sorted = torch.sort(w).values  # (N,) ascending
+    for q in (1, 50, 99):  # linear interpolation, like numpy.quantile
+        pos = q / 100 * (n - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        m[f"weight_p{q}"] = (w_sorted[lo] + (w_sorted[hi] - w_sorted[lo]) * (pos - lo)).item()
     m["weight_frac_not_one"] = (w != 1.0).double().mean().item()
     return m
 

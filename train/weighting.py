@@ -13,7 +13,7 @@ tool output, truncated rows) get weight 1, a neutral value the loss masks out an
 Registered functions (D ≥ 0 for every measure except the signed `k1` estimator):
 
     none             w = 1                                   (exactly TRL's GRPO)
-    sigmoid          w = 1 + s·(σ(α·D) − ½)                  (the paper's; α>0 high-, α<0 low-divergence boost)
+    sigmoid          w = 1 + s·(σ(α·D / scale) − ½)          (the paper's; α>0 high-, α<0 low-divergence boost)
     linear           w = clip(1 + α·D / scale, w_min, w_max)
     normalized       w = D / mean_valid(D)
     top_quantile     w = 1 on the ⌈ρ·N⌉ highest-D valid tokens, 0 elsewhere   (divergence 80/20 rule)
@@ -22,6 +22,11 @@ Registered functions (D ≥ 0 for every measure except the signed `k1` estimator
 `compute_weights` wraps a registered function with the two things every caller needs: optional
 renormalisation to mean 1 over valid tokens (per sequence or over the batch, so the effective step
 size is unchanged) and the NaN/inf fallback (such weights become 1 and are counted).
+
+`scale` (sigmoid, linear) is either absolute or, with `weighting_scale="auto"` (the default), the
+running reference `D_ref` of `ScaleReference`: an EMA over steps of the q-quantile (default p99) of
+|D| over every process's valid tokens. Weights then depend on `D / D_ref`, so one α means the same
+on every model and measure (JS on a tiny model has p99 ≈ 0.07, a 7B model's k3 is far smaller).
 
 Quantiles and batch means are over the tensor passed in, i.e. the local (per-process) generation
 batch; the trainer passes a cross-process `all_reduce_sum` for the batch renormalisation only.
@@ -44,6 +49,9 @@ __all__ = [
     "get_weighting",
     "renormalize",
     "compute_weights",
+    "SCALED_WEIGHTINGS",
+    "ScaleReference",
+    "quantile",
 ]
 
 
@@ -53,7 +61,8 @@ class WeightingParams:
 
     alpha: sigmoid/linear slope α (sign chooses high- vs low-divergence boost).
     s: sigmoid amplitude s; weights lie in 1 ± s/2.
-    scale: linear divisor of D (e.g. ln 2 to map JS onto [0, 1]).
+    scale: sigmoid/linear divisor of D, > 0 (`inf` makes every weight 1); the trainer passes `D_ref`
+        (`ScaleReference`) when `weighting_scale="auto"`, else the absolute value.
     w_min, w_max: linear clip range.
     rho: fraction of valid tokens kept by top_quantile / random_quantile, in (0, 1].
     seed: random_quantile's generator seed (the trainer varies it per step and per process).
@@ -128,8 +137,13 @@ def weight_none(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) 
 
 @register_weighting("sigmoid", token_local=True)
 def weight_sigmoid(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
-    """w = 1 + s·(σ(α·D) − ½)  (Meng et al. 2603.22446). D = 0 gives exactly 1 (σ(0) = ½ in float)."""
-    w = 1.0 + params.s * (torch.sigmoid(params.alpha * div.float()) - 0.5)  # (B, T)
+    """w = 1 + s·(σ(α·D / scale) − ½)  (Meng et al. 2603.22446, with D in units of `scale`).
+
+    D = 0 gives exactly 1 (σ(0) = ½ in float); scale = 1 is the paper's form.
+    """
+    if params.scale <= 0:
+        raise ValueError(f"weighting_scale must be > 0 for 'sigmoid', got {params.scale}")
+    w = 1.0 + params.s * (torch.sigmoid(params.alpha * (div.float() / params.scale)) - 0.5)  # (B, T)
     return _neutral_outside(w, mask)
 
 
@@ -138,7 +152,7 @@ def weight_linear(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams
     """w = clip(1 + α·D / scale, w_min, w_max). D = 0 gives exactly 1 (if 1 is inside the clip range)."""
     if params.scale <= 0:
         raise ValueError(f"weighting_scale must be > 0 for 'linear', got {params.scale}")
-    w = (1.0 + params.alpha * div.float() / params.scale).clamp(params.w_min, params.w_max)  # (B, T)
+    w = (1.0 + params.alpha * (div.float() / params.scale)).clamp(params.w_min, params.w_max)  # (B, T)
     return _neutral_outside(w, mask)
 
 
@@ -183,6 +197,80 @@ def weight_random_quantile(div: torch.Tensor, mask: torch.Tensor, params: Weight
     gen = torch.Generator(device="cpu").manual_seed(int(params.seed))
     scores = torch.rand(div.shape, generator=gen).to(div.device)  # (B, T) i.i.d. U(0,1)
     return _neutral_outside(_keep_k(scores, mask, params.rho), mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scale reference (weighting_scale="auto")
+# --------------------------------------------------------------------------------------------------
+
+SCALED_WEIGHTINGS = ("sigmoid", "linear")  # the registered weightings that read `params.scale`
+
+
+def quantile(values: torch.Tensor, q: float) -> float:
+    """The q-quantile of a 1-D tensor, linear interpolation (as `numpy.quantile`), in float64.
+
+    Unlike `torch.quantile` it has no input-size cap. Raises ValueError on an empty tensor or q outside [0, 1].
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile q={q} must be in [0, 1]")
+    n = values.numel()
+    if n == 0:
+        raise ValueError("quantile of an empty tensor")
+    v = torch.sort(values.reshape(-1).double()).values  # (N,) ascending
+    pos = q * (n - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+
+
+class ScaleReference:
+    """`D_ref`: the running scale of D that `weighting_scale="auto"` divides D by.
+
+    Each training update (the trainer makes one per generation batch, after weighting it, so a batch's
+    weights use the D_ref of the batches before it) takes `b = quantile(|D| over valid tokens, q)`, then
+        D_ref ← b                              (first update with b > 0)
+        D_ref ← (1 − r)·D_ref + r·b            (later ones; r = `ema`, the EMA rate)
+    A batch whose quantile is 0 or not finite (e.g. step 1 of a run whose base is the policy itself, where
+    D ≡ 0) leaves D_ref unchanged; while D_ref is undefined `scale()` is `inf`, i.e. every weight is 1.
+    The caller passes the same values on every process (the trainer gathers them), so `D_ref` is identical
+    on every rank; `state_dict` / `load_state_dict` carry it across checkpoints.
+
+    Args:
+        q: quantile in (0, 1] (default 0.99).
+        ema: EMA rate r in (0, 1] (1 = the current batch's quantile only).
+    """
+
+    def __init__(self, q: float = 0.99, ema: float = 0.1):
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"weighting_scale_quantile={q} must be in (0, 1]")
+        if not 0.0 < ema <= 1.0:
+            raise ValueError(f"weighting_scale_ema={ema} must be in (0, 1]")
+        self.q, self.ema = q, ema
+        self.value: float | None = None  # D_ref
+        self.num_updates = 0  # updates that changed D_ref
+
+    def update(self, div: torch.Tensor) -> float | None:
+        """Fold one batch's valid D values (1-D, any sign; non-finite ones are ignored) into D_ref; return it."""
+        d = div.detach().reshape(-1).abs()
+        d = d[torch.isfinite(d)]
+        if d.numel() == 0:
+            return self.value
+        b = quantile(d, self.q)
+        if not (math.isfinite(b) and b > 0.0):
+            return self.value
+        self.value = b if self.value is None else (1.0 - self.ema) * self.value + self.ema * b
+        self.num_updates += 1
+        return self.value
+
+    def scale(self) -> float:
+        """D_ref, or inf while it is undefined (then every scaled weight is exactly 1)."""
+        return self.value if self.value is not None else math.inf
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "num_updates": self.num_updates, "q": self.q, "ema": self.ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = None if state.get("value") is None else float(state["value"])
+        self.num_updates = int(state.get("num_updates", 0))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -107,6 +107,17 @@ def grpo_args(model_dir, output_dir, *, max_steps: int = 2, **overrides) -> list
     return out
 
 
+RECIPE = REPO / "train" / "recipes" / "tiny_grpo.yaml"
+
+
+def recipe_args(model_dir, output_dir, *, max_steps: int = 2, eval_num_problems: int = 4, **overrides) -> list[str]:
+    """`--config tiny_grpo.yaml` + `grpo_args` overrides: the recipe's own final evaluation (its K, temperature,
+    top-p, batch size; mean@K / pass@K -> final_eval.json after training) on `eval_num_problems` held-out
+    problems, with the training shrunk to seconds."""
+    return ["--config", str(RECIPE), *grpo_args(model_dir, output_dir, max_steps=max_steps,
+                                                eval_num_problems=eval_num_problems, **overrides)]
+
+
 def launch(config_name: str | None, args: list[str], *, rank_log_dir, kill_at_step: int | None = None,
            timeout: float = 240) -> subprocess.CompletedProcess:
     """Run this script with `accelerate launch --config_file accelerate_configs/NAME.yaml`, or plain

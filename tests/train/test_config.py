@@ -51,6 +51,9 @@ def test_defaults_resolve_measure():
         ({"loss_type": "vespo"}, r"loss_type='vespo'"),
         ({"weighting_renormalize": "token"}, r"weighting_renormalize='token'"),
         ({"weighting": "linear", "weighting_scale": 0.0}, r"weighting_scale=0.0"),
+        ({"weighting_scale": "big"}, r"weighting_scale='big' is neither 'auto' nor a number"),
+        ({"weighting_scale_quantile": 0.0}, r"weighting_scale_quantile=0.0 is outside"),
+        ({"weighting_scale_ema": 1.5}, r"weighting_scale_ema=1.5 is outside"),
         ({"weighting_min": 2.0, "weighting_max": 1.0}, r"weighting_min=2.0 > weighting_max=1.0"),
         ({"base_model_dtype": "int8"}, r"base_model_dtype='int8'"),
         ({"divergence_chunk_size": 0}, r"divergence_chunk_size=0"),
@@ -77,3 +80,16 @@ def test_docs_field_table_is_current():
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "trainer.md").read_text()
     assert fields_markdown() in doc, "docs/trainer.md field table is stale: regenerate it (see fields_markdown)"
+
+
+def test_weighting_scale_auto_default_and_absolute(tmp_path):
+    """'auto' (D / D_ref) is the default for sigmoid and linear; a number (from YAML or the CLI's string) is an
+    absolute scale; weightings that read no scale never use D_ref."""
+    cfg = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert cfg.weighting == "sigmoid" and cfg.weighting_scale == "auto" and cfg.auto_scale
+    assert (cfg.weighting_scale_quantile, cfg.weighting_scale_ema) == (0.99, 0.1)
+    cfg = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, weighting="linear", weighting_scale="0.693")
+    assert cfg.weighting_scale == pytest.approx(0.693) and not cfg.auto_scale
+    assert cfg.weighting_params(scale=None).scale == pytest.approx(0.693)
+    cfg = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, weighting="top_quantile")
+    assert not cfg.auto_scale

@@ -7,7 +7,10 @@ the same tokenizer (`tiny_policy_dir`), so the divergence is non-zero from the f
 checked: both ranks really ran (world size 2, gloo, the expected DeepSpeed stage), every step
 logged its `shift/` metrics exactly once on every rank, the metrics are identical across ranks
 (reduced over processes before logging), rank 0's trainer_state.json holds the same values, and
-the final model was saved. ~30-90 s per test on 2 idle cores (mostly imports and DeepSpeed start-up).
+the final model was saved, and the recipe's own final evaluation (train/recipes/tiny_grpo.yaml: mean@8 at
+temperature 1 after the final save, here on 4 held-out problems) wrote final_eval.json: under ZeRO-3 that
+is rank 0 reloading the consolidated model alone after training (issue 12, fault 1). ~30-90 s per test on
+2 idle cores (mostly imports and DeepSpeed start-up).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 
 import pytest
 
-from _dist_helpers import grpo_args, launch, read_rank_logs, shift_logs
+from _dist_helpers import RECIPE, launch, read_rank_logs, recipe_args, shift_logs
 
 pytestmark = [pytest.mark.distributed]
 
@@ -53,7 +56,8 @@ def _check_shift_once_and_equal(logs: dict[int, list[dict]]) -> dict[int, dict]:
         assert steps == list(range(1, MAX_STEPS + 1)), f"rank {rank}: shift/ metrics logged at steps {steps}"
     rank0, rank1 = per_rank[0], per_rank[1]
     for step, metrics in rank0.items():
-        assert {"shift/divergence_mean", "shift/weight_mean", "shift/frac_above_0.1"} <= set(metrics)
+        expected = {"shift/divergence_mean", "shift/weight_mean", "shift/frac_above_0.1", "shift/weight_p99"}
+        assert expected <= set(metrics)
         # Reduced across processes before logging: both ranks must report the very same numbers.
         assert metrics == rank1[step], f"step {step}: rank 0 {metrics} != rank 1 {rank1[step]}"
         for key, value in metrics.items():
@@ -75,32 +79,49 @@ def _check_trainer_state(output_dir, rank0_shift: dict[int, dict]) -> None:
             assert from_state[step][key] == expected, (step, key)
 
 
+def _check_final_eval(output_dir) -> None:
+    """The recipe's evaluation ran after training: K and temperature from the recipe, 4 problems."""
+    import yaml
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    path = output_dir / "final_eval.json"
+    assert path.exists(), sorted(p.name for p in output_dir.iterdir())
+    result = json.loads(path.read_text())
+    k = recipe["eval_num_samples"]
+    assert result["num_samples"] == k and result["temperature"] == recipe["eval_temperature"], result
+    assert result["num_problems"] == 4 and 0.0 <= result[f"mean@{k}"] <= result[f"pass@{k}"] <= 1.0, result
+
+
 @pytest.mark.parametrize("config_name", sorted(EXPECTED))
 def test_two_process_divergence_weighted_run(config_name, tiny_model_dir, tiny_policy_dir, tmp_path):
     out, log_dir = tmp_path / "out", tmp_path / "logs"
-    args = grpo_args(tiny_model_dir, out, max_steps=MAX_STEPS, base_model_name_or_path=tiny_policy_dir,
-                     weighting="sigmoid", weighting_alpha=50.0)
+    args = recipe_args(tiny_model_dir, out, max_steps=MAX_STEPS, base_model_name_or_path=tiny_policy_dir,
+                       weighting="sigmoid", weighting_alpha=10.0)  # weighting_scale: 'auto' (the default)
     proc = launch(config_name, args, rank_log_dir=log_dir)
     assert proc.returncode == 0, _fail_message(proc)
     assert "computed at loss time" in proc.stdout  # the default path: D from the loss forward's hidden states
 
     logs = _check_two_ranks(log_dir, *EXPECTED[config_name])
-    rank0 = _check_shift_once_and_equal(logs)
-    # Two different random models: every token's JS is > 0, and sigmoid(alpha D) - 1/2 > 0 moves the
-    # weights above 1 (alpha = 50 so that D ~ 1e-3 gives w - 1 ~ s * 50e-3 / 4 ~ 1e-2 > 0).
+    rank0 = _check_shift_once_and_equal(logs)  # D_ref (shift/weighting_scale) included: same on both ranks
+    # Two different random models: every token's JS is > 0.
     for step, metrics in rank0.items():
         assert 0.0 < metrics["shift/divergence_mean"] <= math.log(2), (step, metrics)
-        assert metrics["shift/weight_mean"] > 1.0, (step, metrics)
-        assert metrics["shift/weight_frac_not_one"] > 0.0, (step, metrics)
+    # weighting_scale='auto': batch 1 has no D_ref yet (weights 1); D_ref is then the p99 of batch 1's D over
+    # BOTH ranks' tokens (= the gathered shift/divergence_p99), and batch 2's weights use it.
+    assert rank0[1]["shift/weighting_scale"] is None and rank0[1]["shift/weight_mean"] == 1.0
+    assert rank0[2]["shift/weighting_scale"] == pytest.approx(rank0[1]["shift/divergence_p99"], rel=1e-6)
+    assert rank0[2]["shift/weight_mean"] > 1.0 and rank0[2]["shift/weight_frac_not_one"] > 0.0
+    assert rank0[2]["shift/weight_p99"] > 1.2  # D near D_ref: 1 + (sigmoid(10 D / D_ref) - 1/2) ~ 1.5
     _check_trainer_state(out, rank0)
     assert (out / "config.json").exists() and any(out.glob("*.safetensors")), sorted(p.name for p in out.iterdir())
+    _check_final_eval(out)
 
 
 def test_two_process_lora_run(tiny_model_dir, tmp_path):
     """LoRA under DDP: the base is the policy with its adapter disabled (no second model)."""
     out, log_dir = tmp_path / "out", tmp_path / "logs"
-    args = grpo_args(tiny_model_dir, out, max_steps=MAX_STEPS, use_peft="true", lora_r=4, lora_alpha=8,
-                     lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    args = recipe_args(tiny_model_dir, out, max_steps=MAX_STEPS, use_peft="true", lora_r=4, lora_alpha=8,
+                       lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
     proc = launch("cpu_ddp", args, rank_log_dir=log_dir)
     assert proc.returncode == 0, _fail_message(proc)
     assert "computed at loss time" in proc.stdout  # base = adapter-disabled policy, run inside the loss step
@@ -112,3 +133,4 @@ def test_two_process_lora_run(tiny_model_dir, tmp_path):
     assert rank0[1]["shift/divergence_mean"] == pytest.approx(0.0, abs=1e-6)
     assert rank0[1]["shift/weight_mean"] == pytest.approx(1.0, abs=1e-6)
     assert (out / "adapter_config.json").exists(), sorted(p.name for p in out.iterdir())
+    _check_final_eval(out)

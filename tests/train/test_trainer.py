@@ -122,7 +122,7 @@ def test_divergence_at_loss_equals_divergence_after_generation(n_micro, tiny_mod
     generation (steps_per_generation = gradient_accumulation_steps = 2) the metrics are still logged once, over
     the whole generation batch."""
     kw = dict(base_model_name_or_path=str(tiny_model_dir), weighting="sigmoid", weighting_alpha=300.0,
-              gradient_accumulation_steps=n_micro, steps_per_generation=n_micro, temperature=0.8)
+              weighting_scale=1.0, gradient_accumulation_steps=n_micro, steps_per_generation=n_micro, temperature=0.8)
     runs = []
     for reuse in (True, False):
         tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path / str(reuse),
@@ -191,7 +191,8 @@ def test_chunked_base_vs_policy_matches_float64_reference(tiny_model_dir, tiny_p
 
 def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
-    tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, weighting="sigmoid", weighting_alpha=200.0)
+    tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, weighting="sigmoid", weighting_alpha=200.0,
+                    weighting_scale=1.0)  # absolute scale: step 2 already weights (auto: see test_auto_scale_*)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     tr.train()
     changed = [n for n, p in tr.model.named_parameters() if not torch.equal(before[n], p)]
@@ -215,7 +216,7 @@ def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_
 def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, divergence_source="old", num_iterations=2,
-                    max_steps=2, weighting="sigmoid", weighting_alpha=50.0)
+                    max_steps=2, weighting="sigmoid", weighting_alpha=50.0, weighting_scale=1.0)
     assert tr.base_model is None  # no base model is loaded for the paper's π_old ‖ π_θ source
     tr.train()
     logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
@@ -225,26 +226,62 @@ def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_pat
     assert tr._buffered_inputs[0]["advantages"].dim() == 1  # the buffer itself is never rescaled
 
 
-def test_peft_uses_adapter_disabled_base(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
-    from peft import LoraConfig
-
-    args = DivergenceGRPOConfig(output_dir=str(tmp_path), **COMMON)
-    tr = DivergenceWeightedGRPOTrainer(
-        model=str(tiny_model_dir), reward_funcs=[short_reward], args=args, train_dataset=prompts,
-        processing_class=tiny_tokenizer,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    assert tr.base_model is None and tr._base_is_policy_adapterless  # no second copy
+def _peft_step0_divergence(tr, prompts):
+    """D base-vs-policy on a freshly generated batch before any update, and max |logits - backbone logits|."""
     tr.model.train()
     torch.manual_seed(0)
     out = tr._generate_and_score_completions(batch_of(prompts))
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
     am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 4)
-    assert (stats["div"] > 0).all()  # random non-zero LoRA: policy != adapter-disabled base
-    with tr.model.disable_adapter():  # with the adapter off in the policy too, the divergence vanishes
-        stats0 = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 4)
-    assert torch.equal(stats0["div"], torch.zeros_like(stats0["div"]))
+    c = out["completion_ids"].size(1)
+    stats = tr._base_vs_policy(ids, am, out["completion_ids"], c, 4)
+    with torch.no_grad():
+        logits = tr.model(input_ids=ids, attention_mask=am).logits
+        with tr.model.disable_adapter():  # the pretrained backbone alone
+            logits_off = tr.model(input_ids=ids, attention_mask=am).logits
+    return stats["div"], (logits - logits_off).abs().max()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("how", ["peft_model", "peft_config"])
+def test_peft_base_is_initial_policy_for_every_beta(beta, how, tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    """Fault 2 (issue 12): a policy whose adapter starts non-zero (a trained adapter; here init_lora_weights=False)
+    must be measured against its *initial* weights, adapter included, for beta = 0 as for beta > 0 (TRL's "ref"
+    copy). Before the fix, beta = 0 used the adapter-disabled backbone: JS ~ 2e-3 at step 0 instead of 0."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), beta=beta, **COMMON)
+    kw = dict(reward_funcs=[short_reward], args=args, train_dataset=prompts, processing_class=tiny_tokenizer)
+    if how == "peft_model":
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora)
+        tr = DivergenceWeightedGRPOTrainer(model=model, **kw)
+    else:
+        torch.manual_seed(0)
+        tr = DivergenceWeightedGRPOTrainer(model=str(tiny_model_dir), peft_config=lora, **kw)
+    div, adapter_effect = _peft_step0_divergence(tr, prompts)
+    assert adapter_effect > 1e-3  # the adapter really changes the model: the adapter-disabled base would differ
+    assert torch.equal(div, torch.zeros_like(div)), div.max()  # base == the policy's initial weights, exactly
+    assert tr.base_model is None and tr._base_is_policy_adapterless  # no second full model...
+    assert "ref" in tr.model.peft_config  # ...but a frozen copy of the initial adapter
+    assert not any(p.requires_grad for n, p in tr.model.named_parameters() if ".ref." in n)
+    assert any(p.requires_grad for n, p in tr.model.named_parameters() if ".default." in n)
+
+
+def test_peft_zero_adapter_needs_no_copy(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
+    """LoRA's default init (B = 0) is a no-op adapter: the adapter-disabled model is the initial policy, no copy."""
+    from peft import LoraConfig
+
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), **COMMON)
+    tr = DivergenceWeightedGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[short_reward], args=args, train_dataset=prompts,
+        processing_class=tiny_tokenizer, peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert "ref" not in tr.model.peft_config
+    div, adapter_effect = _peft_step0_divergence(tr, prompts)
+    assert adapter_effect == 0
+    assert torch.equal(div, torch.zeros_like(div))
 
 
 def test_vocab_mismatch_fails_at_construction(tiny_model_dir, tiny_tokenizer, prompts, tmp_path):
@@ -298,3 +335,131 @@ def test_evaluate_logs_shift_metrics_on_both_paths(tiny_model_dir, tiny_policy_d
                 "eval_shift/weight_mean"):
         assert on_loss[key] == pytest.approx(separate[key], rel=1e-4), key
     assert on_loss["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4, abs=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------
+# Guards against silent no-ops (issue 12)
+# ------------------------------------------------------------------------------------------------
+
+def _trl_loss_grads(tr, inputs):
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    tr.model.zero_grad()
+    loss = tr.compute_loss(tr.model, inputs)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in tr.model.named_parameters()}
+
+
+@pytest.mark.parametrize("weighting", ["sigmoid", "top_quantile"])
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_weighted_loss_equals_trl_loss_with_injected_advantages(weighting, reuse, tiny_model_dir, tiny_policy_dir,
+                                                                 tiny_tokenizer, prompts, tmp_path):
+    """Our loss and gradients == plain trl.GRPOTrainer's on the same batch with our (B, T) advantages
+    w · Â injected after `_generate_and_score_completions`. A TRL upgrade that reads the advantages before our
+    hook (or copies them elsewhere) makes ours the unweighted loss and fails here (the weights are far from 1,
+    so the unweighted loss differs)."""
+    policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    ours = dw_trainer(copy.deepcopy(policy), tiny_tokenizer, prompts, tmp_path / "a", weighting=weighting,
+                      base_model_name_or_path=str(tiny_model_dir), divergence_reuse_loss_forward=reuse,
+                      weighting_alpha=10.0, weighting_rho=0.3)
+    assert ours._dw_at_loss is reuse
+    if weighting == "sigmoid":  # weighting_scale='auto' (the default) with D_ref already known
+        ours._dw_scale_ref.value = 2e-3
+    trl = GRPOTrainer(model=copy.deepcopy(policy), reward_funcs=[short_reward],
+                      args=GRPOConfig(output_dir=str(tmp_path / "b"), **COMMON), train_dataset=prompts,
+                      processing_class=tiny_tokenizer)
+    ours.model.train()
+    torch.manual_seed(5)
+    inputs = ours._generate_and_score_completions(batch_of(prompts))
+    plain_adv = inputs["advantages"]  # (B,) at loss time; (B, T) already weighted after generation
+    loss_ours, g_ours = _trl_loss_grads(ours, inputs)
+    weights = ours._last_weights  # (B, T): what our trainer applied
+    assert weights.shape == inputs["completion_ids"].shape
+    mask = inputs["completion_mask"].bool()
+    assert (weights[mask] - 1).abs().max() > 0.2  # far from a no-op
+    injected = dict(inputs)
+    injected["advantages"] = plain_adv if plain_adv.dim() == 2 else weights * plain_adv[:, None]  # (B, T)
+    loss_trl, g_trl = _trl_loss_grads(trl, injected)
+    assert torch.allclose(loss_ours, loss_trl, rtol=1e-6, atol=1e-8), (loss_ours, loss_trl)
+    for name in g_trl:
+        assert torch.allclose(g_ours[name], g_trl[name], rtol=1e-5, atol=1e-8), name
+    if plain_adv.dim() == 1:  # the teeth: TRL's loss on the unweighted (B,) advantages is a different number
+        loss_unweighted, _ = _trl_loss_grads(trl, inputs)
+        assert not torch.allclose(loss_unweighted, loss_ours, rtol=1e-3)
+
+
+def _double_logits_hook(module, args, output):
+    return output * 2.0  # a logit transform no config attribute announces (e.g. a custom scaled head)
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
+def test_hidden_logit_check_falls_back_to_full_forward(reuse, tiny_model_dir, tiny_policy_dir, tiny_tokenizer,
+                                                      prompts, tmp_path):
+    """A policy whose forward transforms the logits in a way `_LOGIT_TRANSFORMS` does not know: the check on the
+    first batch warns, switches to full forwards, and D then equals JS of the models' real (transformed) logits."""
+    policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    policy.lm_head.register_forward_hook(_double_logits_hook)
+    tr = dw_trainer(policy, tiny_tokenizer, prompts, tmp_path, base_model_name_or_path=str(tiny_model_dir),
+                    divergence_reuse_loss_forward=reuse, temperature=0.7, weighting_scale=1.0)
+    assert tr._dw_at_loss is reuse  # the config alone cannot tell
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="_LOGIT_TRANSFORMS"):
+        inputs = tr._prepare_inputs(batch_of(prompts))
+        tr.compute_loss(tr.model, inputs)
+    assert tr._dw_hidden_fallback and not tr._use_hidden_path(tr.model)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    c = inputs["completion_ids"].size(1)
+    stats = tr._base_vs_policy(ids, am, inputs["completion_ids"], c, 4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        lb = base(input_ids=ids, attention_mask=am).logits[:, -c - 1 : -1].double() / 0.7
+        lp = policy(input_ids=ids, attention_mask=am).logits[:, -c - 1 : -1].double() / 0.7  # hook included
+    p, q = torch.softmax(lb, -1), torch.softmax(lp, -1)
+    m = 0.5 * (p + q)
+    js = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)  # (B, C)
+    # the test's autocast (bf16 on this CPU) runs the full forward's LM head in 16 bits: ~1e-4 on D ~ 1e-2
+    assert torch.allclose(stats["div"].double(), js, atol=5e-4, rtol=0), (stats["div"].double() - js).abs().max()
+    if reuse:  # the weights applied at loss time came from that D (after generation, rows were shuffled since)
+        assert torch.allclose(tr._last_weights[inputs["completion_mask"].bool()].double(),
+                              (1 + torch.sigmoid(10 * stats["div"].double()) - 0.5)[inputs["completion_mask"].bool()],
+                              atol=2e-3)
+
+
+def test_hidden_logit_check_passes_for_plain_models(tiny_model_dir, tiny_policy_dir, tiny_tokenizer, prompts,
+                                                    tmp_path):
+    tr = dw_trainer(str(tiny_policy_dir), tiny_tokenizer, prompts, tmp_path,
+                    base_model_name_or_path=str(tiny_model_dir))
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    inputs = tr._prepare_inputs(batch_of(prompts))
+    tr.compute_loss(tr.model, inputs)
+    assert tr._dw_logits_checked and not tr._dw_hidden_fallback and tr._use_hidden_path(tr.model)
+
+
+@pytest.mark.parametrize("env,state,match", [
+    ({"ACCELERATE_USE_FSDP": "true"}, ("DistributedType.MULTI_CPU", 2), "FSDP on GPUs only"),
+    ({"WORLD_SIZE": "2"}, ("DistributedType.NO", 1), "the ranks would train independently"),
+])
+def test_launch_that_silently_differs_is_refused(env, state, match, monkeypatch):
+    """accelerate on CPU turns an FSDP config into DDP (use_cpu) or into independent processes (no use_cpu), and
+    both exit 0 (tried: docs/launch.md); the trainer refuses them at start-up instead."""
+    from types import SimpleNamespace
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fake = SimpleNamespace(
+        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]),
+                                    device="cpu"),
+        is_fsdp_enabled=False,
+    )
+    with pytest.raises(ValueError, match=match):
+        DivergenceWeightedGRPOTrainer._check_launch(fake)
+    monkeypatch.delenv(next(iter(env)))
+    DivergenceWeightedGRPOTrainer._check_launch(SimpleNamespace(  # a proper 2-process DDP run passes
+        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU",
+                                                          num_processes=2), device="cpu"),
+        is_fsdp_enabled=False))

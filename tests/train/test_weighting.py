@@ -116,3 +116,56 @@ def test_registry(monkeypatch):
     monkeypatch.setitem(W.WEIGHTING_REGISTRY, "double", lambda d, m, p: 2 * torch.ones_like(d))
     w, _ = compute_weights("double", DIV, MASK)
     assert torch.equal(w, 2 * torch.ones(2, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale reference (weighting_scale="auto")
+# ------------------------------------------------------------------------------------------------
+
+def test_quantile_matches_numpy_linear_interpolation():
+    # sorted [0, 1, 2, 10]: q = 0.5 -> position 1.5 -> 1.5; q = 0.99 -> position 2.97 -> 2 + 0.97 * 8 = 9.76
+    v = torch.tensor([10.0, 0.0, 2.0, 1.0])
+    assert W.quantile(v, 0.5) == pytest.approx(1.5)
+    assert W.quantile(v, 0.99) == pytest.approx(9.76)
+    assert W.quantile(v, 0.0) == 0.0 and W.quantile(v, 1.0) == 10.0
+    with pytest.raises(ValueError):
+        W.quantile(torch.tensor([]), 0.5)
+
+
+def test_scale_reference_ema_hand():
+    ref = W.ScaleReference(q=0.5, ema=0.25)
+    assert ref.scale() == math.inf  # undefined: every scaled weight is 1
+    assert ref.update(torch.zeros(8)) is None  # D = 0 everywhere (policy == base): no information, no update
+    assert ref.update(torch.tensor([1.0, 3.0])) == pytest.approx(2.0)  # first non-zero median initialises
+    # EMA: (1 - 0.25) * 2 + 0.25 * median(|[-6, 6, inf]| finite) = 1.5 + 1.5 = 3
+    assert ref.update(torch.tensor([-6.0, 6.0, float("inf")])) == pytest.approx(3.0)
+    assert ref.num_updates == 2
+    other = W.ScaleReference(q=0.5, ema=0.25)
+    other.load_state_dict(ref.state_dict())
+    assert other.state_dict() == ref.state_dict()
+    with pytest.raises(ValueError, match="weighting_scale_ema"):
+        W.ScaleReference(q=0.5, ema=0.0)
+
+
+@pytest.mark.parametrize("name", W.SCALED_WEIGHTINGS)
+def test_auto_scale_makes_weights_invariant_to_the_unit_of_d(name):
+    """The point of weighting_scale='auto': D and c·D (another model, another measure) give the same weights."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.rand(4, 6, generator=gen) ** 4 * 0.07  # heavy-tailed, like JS on the tiny world
+    mask = torch.ones_like(d)
+    weights = []
+    for c in (1.0, 1e-3):
+        ref = W.ScaleReference(q=0.99, ema=0.1)
+        ref.update(c * d)
+        w, _ = compute_weights(name, c * d, mask, WeightingParams(alpha=10.0, scale=ref.scale()))
+        weights.append(w)
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+    assert (weights[0] - 1).abs().max() > 0.3  # at D = D_ref the weight is far from 1
+
+
+def test_sigmoid_with_scale_hand():
+    # D / scale = 0.5 / 0.25 = 2: w = 1 + 1 * (sigmoid(1 * 2) - 0.5) = 0.5 + 0.880797 = 1.380797
+    w, _ = compute_weights("sigmoid", torch.tensor([[0.5]]), torch.ones(1, 1), WeightingParams(alpha=1.0, scale=0.25))
+    assert w.item() == pytest.approx(1.380797, abs=1e-6)
+    w, _ = compute_weights("sigmoid", torch.tensor([[0.5]]), torch.ones(1, 1), WeightingParams(scale=math.inf))
+    assert w.item() == 1.0  # D_ref undefined -> weight exactly 1
