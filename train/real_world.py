@@ -187,6 +187,42 @@ def convert_gguf(out_dir: Path, *, gguf: Path | None = None, num_layers: int | N
     return out_dir
 
 
+def cache_dir() -> Path:
+    """`$SPARSE_RLVR_CACHE`, default `~/.cache/sparse-rlvr` (truncated test models live here)."""
+    import os
+
+    return Path(os.environ.get("SPARSE_RLVR_CACHE", "~/.cache/sparse-rlvr")).expanduser()
+
+
+def truncated_model_dir(num_layers: int = 2) -> Path:
+    """A plain HF folder of SmolLM2-135M-Instruct's first `num_layers` layers, built once per GGUF.
+
+    Real embeddings (tied LM head), final norm, tokenizer and chat template; the decoder cut to
+    `num_layers`. Cached in `cache_dir()` under the GGUF's hash (first build ~30 s on 1 thread: the
+    GGUF is de-quantized whole), written to a temporary folder then renamed, so a half-built folder is
+    never used.
+    """
+    import shutil
+    import tempfile
+
+    require_packages(install=False)
+    path = cache_dir() / f"smollm2-135m-instruct-q4_1-{num_layers}layers-{_file_sha(gguf_path(), 1 << 22)}-v{LAYOUT_VERSION}"
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".building-"))
+    try:
+        convert_gguf(tmp, num_layers=num_layers)
+        try:
+            tmp.rename(path)
+        except OSError:  # built concurrently by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
 # ---------------------------------------------------------------- data
 
 def load_templates() -> list:
@@ -218,6 +254,14 @@ def split_templates(templates: list, heldout: int, seed: int) -> tuple[list, lis
     random.Random(seed).shuffle(order)
     held = set(order[:heldout])
     return ([t for i, t in enumerate(templates) if i not in held], [t for i, t in enumerate(templates) if i in held])
+
+
+def gsm8k_rows(templates: list, heldout_ids: set[str]) -> list[dict]:
+    """The templates' original GSM8K test problems as rows (question, answer, gold, id_orig, template,
+    template_split = "heldout" if the template is in `heldout_ids` else "train")."""
+    return [{"question": t.question.strip(), "answer": t.answer.strip(), "gold": gold_of(t.answer),
+             "id_orig": t.id_orig, "template": t.template_file,
+             "template_split": "heldout" if t.template_file in heldout_ids else "train"} for t in templates]
 
 
 def generate_variants(templates: list, size: int, seed: int, forbidden: set[str]) -> tuple[list[dict], dict]:
@@ -271,10 +315,7 @@ def build_data(out_dir: Path, *, train_size: int, heldout_templates: int, seed: 
     """Write the three JSONL files into `out_dir`; returns the split/counts manifest entry."""
     templates = load_templates()
     train_t, held_t = split_templates(templates, heldout_templates, seed)
-    held_ids = {t.template_file for t in held_t}
-    test_rows = [{"question": t.question.strip(), "answer": t.answer.strip(), "gold": gold_of(t.answer),
-                  "id_orig": t.id_orig, "template": t.template_file,
-                  "template_split": "heldout" if t.template_file in held_ids else "train"} for t in templates]
+    test_rows = gsm8k_rows(templates, {t.template_file for t in held_t})
     forbidden = {r["question"] for r in test_rows}
     train_rows, counts = generate_variants(train_t, train_size, seed, forbidden)
     out_dir.mkdir(parents=True, exist_ok=True)
