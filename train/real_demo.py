@@ -104,14 +104,30 @@ def evaluate(model: Path, data_dir: Path, out: Path, cfg: dict, seed: int, templ
     ds = load_math_dataset(str(data_dir), SPLITS["test"], num_samples=cfg["eval_problems"], **data_kwargs())
     res = evaluate_model(str(model), ds, num_samples=cfg["eval_samples"], temperature=cfg["temperature"],
                          max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["batch_size"], seed=seed)
-    k = cfg["eval_samples"]
+    res["template_splits"] = [templates.get(p["problem"].strip(), "unknown") for p in res["problems"]]
+    res["model"] = str(model)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def rescore(res: dict) -> dict:
+    """Score an evaluation's saved completions again with the current reward (no model needed).
+
+    Adds per problem `statuses` and `paths` (the reward's extraction path, lenient mode) and to the
+    result `rescored` ({mean@K, pass@K} with today's reward: it differs from the stored mean@K
+    when the reward changed after sampling), `by_template_split` and `statuses` (shares).
+    """
+    k, n = res["num_samples"], len(res["problems"])
     items = []
-    for p in res["problems"]:
+    for i, p in enumerate(res["problems"]):
         st = reward_statuses(p["completions"], [p["answer"]] * len(p["completions"]))
+        p["rescored"] = [s["score"] for s in st]
         p["statuses"] = [s["status"] for s in st]
         p["paths"] = [s["path"] for s in st]
-        p["template_split"] = templates.get(p["problem"].strip(), "unknown")
+        p["template_split"] = p.get("template_split") or (res.get("template_splits") or [None] * n)[i]
         items += st
+    res["rescored"] = {f"mean@{k}": sum(sum(p["rescored"]) for p in res["problems"]) / (n * k),
+                       f"pass@{k}": sum(max(p["rescored"]) > 0 for p in res["problems"]) / n}
     halves = {}
     for half in ("train", "heldout"):
         ps = [p for p in res["problems"] if p["template_split"] == half]
@@ -120,8 +136,6 @@ def evaluate(model: Path, data_dir: Path, out: Path, cfg: dict, seed: int, templ
                             f"pass@{k}": sum(max(p["scores"]) > 0 for p in ps) / len(ps), "num_problems": len(ps)}
     res["by_template_split"] = halves
     res["statuses"] = status_shares(items)
-    res["model"] = str(model)
-    out.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
@@ -235,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", str(args.seed), *dtype, "--output-dir", str(p)]))
     cross_summary = json.loads((cross / "summary.json").read_text())
 
+    evals = {name: rescore(r) for name, r in evals.items()}  # statuses with the reward as it is now
     write_completions(evals, out / "completions.jsonl")
     summary = build_summary(cfg, evals, shifts, cross_summary, rl_name, manifest=manifest,
                             seconds=time.monotonic() - t0, stage_seconds=stages.times, seed=args.seed,
@@ -256,8 +271,9 @@ def write_completions(evals: dict, path: Path) -> None:
             for i, p in enumerate(res["problems"]):
                 for j, c in enumerate(p["completions"]):
                     f.write(json.dumps({"model": model, "problem_index": i, "sample": j, "problem": p["problem"],
-                                        "gold": p["answer"], "completion": c, "score": p["scores"][j],
-                                        "status": p["statuses"][j], "path": p["paths"][j]}) + "\n")
+                                        "gold": p["answer"], "completion": c, "score_at_eval": p["scores"][j],
+                                        "score": p["rescored"][j], "status": p["statuses"][j],
+                                        "path": p["paths"][j]}) + "\n")
 
 
 def build_summary(cfg: dict, evals: dict, shifts: dict, cross: dict, rl_name: str, *, manifest: dict, seconds: float,
@@ -294,6 +310,7 @@ def build_summary(cfg: dict, evals: dict, shifts: dict, cross: dict, rl_name: st
         "k": k,
         "accuracy": {name: r[f"mean@{k}"] for name, r in evals.items()},
         "pass_at_k": {name: r[f"pass@{k}"] for name, r in evals.items()},
+        "rescored": {name: r["rescored"] for name, r in evals.items()},
         "by_template_split": {name: r.get("by_template_split") for name, r in evals.items()},
         "reward_statuses": {**{name: r["statuses"] for name, r in evals.items()}, "all": status_shares(all_items)},
         "sparsity": sparsity,
@@ -315,15 +332,15 @@ def render_markdown(s: dict) -> str:
              f"{c['max_new_tokens']} new tokens. Train: {s['data']['train']}; GRPO {c['grpo_steps']} steps x "
              f"{c['prompts_per_step']} prompts x {c['num_generations']} completions, lr {c['learning_rate']:g}. "
              f"Device {s['device']}, seed {s['seed']}, total {s['seconds'] / 60:.1f} min.", "",
-             f"| model | mean@{k} | pass@{k} | training-template half | held-out-template half | ok | no_answer | "
-             "fallback |", "|---|---|---|---|---|---|---|---|"]
+             f"| model | mean@{k} | pass@{k} | training-template half | held-out-template half | mean@{k} rescored "
+             "with today's reward | ok | no_answer | fallback |", "|---|---|---|---|---|---|---|---|---|"]
     for name in acc:
         halves = s["by_template_split"].get(name) or {}
         st = s["reward_statuses"][name]
         lines.append(f"| {name} | {_pct(acc[name])} | {_pct(pk[name])} | "
                      + " | ".join(f"{_pct(h.get(f'mean@{k}'))} ({h.get('num_problems')} problems)" if h else "n/a"
                                   for h in (halves.get("train"), halves.get("heldout")))
-                     + f" | {_pct(st.get('ok', 0))} | {_pct(st.get('no_answer', 0))} | {_pct(st.get('fallback', 0))} |")
+                     + f" | {_pct(s['rescored'][name][f'mean@{k}'])} | {_pct(st.get('ok', 0))} | {_pct(st.get('no_answer', 0))} | {_pct(st.get('fallback', 0))} |")
     lines += ["", "| shift (base vs policy, teacher-forced on policy samples) | tokens | JS > 0.01 | JS > 0.05 | JS > 0.1 "
                   "| mean JS |", "|---|---|---|---|---|---|"]
     for name, sp in s["sparsity"].items():
