@@ -48,10 +48,12 @@ SYSTEM_PROMPT_KEY = "system_prompt"
 # 1 CPU thread (the machine is shared): ~30 min. GPU: ~10 min on one H100/H200-class card (estimate, not run).
 CPU = dict(grpo_steps=4, prompts_per_step=2, num_generations=4, learning_rate=1e-5, max_new_tokens=128,
            eval_problems=36, eval_samples=2, shift_problems=12, shift_samples=1, cross_problems=8, cross_samples=1,
-           cross_values="0.05", temperature=0.7, batch_size=48)
+           cross_values="0.05", temperature=0.7, batch_size=48, rewards="accuracy,format,overlong",
+           reward_weights="1.0,0.1,0.5")
 GPU = dict(grpo_steps=40, prompts_per_step=16, num_generations=8, learning_rate=2e-6, max_new_tokens=320,
            eval_problems=100, eval_samples=8, shift_problems=100, shift_samples=2, cross_problems=100, cross_samples=4,
-           cross_values="0.02,0.05,0.1", temperature=0.7, batch_size=256)
+           cross_values="0.02,0.05,0.1", temperature=0.7, batch_size=256, rewards="accuracy,format,overlong",
+           reward_weights="1.0,0.1,0.5")
 
 
 def _recipe_value(key: str):
@@ -147,6 +149,7 @@ def train_grpo(base: Path, data_dir: Path, out: Path, extra: list[str], cfg: dic
            "--per_device_train_batch_size", str(cfg["prompts_per_step"] * cfg["num_generations"]),
            "--num_generations", str(cfg["num_generations"]), "--learning_rate", str(cfg["learning_rate"]),
            "--max_completion_length", str(cfg["max_new_tokens"]), "--temperature", str(cfg["temperature"]),
+           "--reward_funcs", *cfg["rewards"].split(","), "--reward_weights", *cfg["reward_weights"].split(","),
            "--seed", str(seed), "--report_to", report_to, "--eval_num_samples", "0", *device, *extra]
     logger.info("[real demo] %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
@@ -251,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
 
     evals = {name: rescore(r) for name, r in evals.items()}  # statuses with the reward as it is now
     write_completions(evals, out / "completions.jsonl")
+    # wall time of the whole job = the stages' own times (from their .done files: a resumed job counts each once)
+    stage_seconds = {d.name: json.loads((d / ".done").read_text())["seconds"] for d in sorted(out.iterdir())
+                     if (d / ".done").is_file()}
     summary = build_summary(cfg, evals, shifts, cross_summary, rl_name, manifest=manifest,
-                            seconds=time.monotonic() - t0, stage_seconds=stages.times, seed=args.seed,
+                            seconds=sum(stage_seconds.values()) + (time.monotonic() - t0 - sum(stages.times.values())),
+                            stage_seconds=stage_seconds, seed=args.seed,
                             step_seconds={n: step_seconds(models[n]) for n in VARIANTS}, gpu=args.gpu)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     md = render_markdown(summary)
