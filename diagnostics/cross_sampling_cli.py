@@ -33,6 +33,7 @@ import math
 from pathlib import Path
 
 from rewards.data import add_dataset_arguments
+from rewards.registry import add_reward_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--limit", type=int, default=100, help="number of problems (default 100; tiny: generated)")
     add_dataset_arguments(p)
+    add_reward_arguments(p)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="nucleus truncation of both models' distributions; JS is computed on them (default 1.0)")
@@ -178,7 +180,7 @@ def run_setting(models: dict, roles: tuple[str, str], rule, batches: list, golds
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         rows += res.records(tokenizer)
-    scores = score_batch([r["text"] for r in rows], golds)
+    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction)
     for r, s in zip(rows, scores):
         r["score"] = float(s)
     return metrics_of(scores, rows, num_problems, args.num_samples), rows

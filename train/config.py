@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
+from rewards.extract import EXTRACTION_MODES
 from train.weighting import RENORMALIZE_MODES, WEIGHTING_REGISTRY, WeightingParams
 
 PAPER = "arXiv 2603.22446"
@@ -157,9 +158,19 @@ class DivergenceGRPOConfig(GRPOConfig):
             "'sequence' (per completion) or 'batch' (over the global generation batch, summed across processes)."
         },
     )
+    extraction: str = field(
+        default="lenient",
+        metadata={
+            "help": "Answer extraction of the 'accuracy' reward: 'lenient' (a \\boxed{} or 'the answer is' marker, "
+            "else the completion's last math expression or number, as math-verify) or 'strict' (markers only; "
+            "a completion without one scores 0 with status no_answer). See docs/rewards.md."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.extraction not in EXTRACTION_MODES:
+            raise ValueError(f"extraction={self.extraction!r} is unknown; set it to one of {EXTRACTION_MODES}.")
         if self.divergence_source not in DIVERGENCE_SOURCES:
             raise ValueError(
                 f"divergence_source={self.divergence_source!r} is unknown; set it to one of {DIVERGENCE_SOURCES}."

@@ -27,14 +27,15 @@ import re
 from pathlib import Path
 
 from rewards.data import add_dataset_arguments
+from rewards.registry import add_reward_arguments
 
 logger = logging.getLogger(__name__)
 
 
-def _score_batch(completions: list[str], golds: list[str]) -> list[float]:
+def _score_batch(completions: list[str], golds: list[str], extraction: str = "lenient") -> list[float]:
     from rewards.math import score_batch
 
-    return list(score_batch(completions, golds))
+    return list(score_batch(completions, golds, extraction=extraction))
 
 
 def _load(model_or_path, tokenizer):
@@ -99,7 +100,7 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
 
 def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int = 8, temperature: float = 1.0,
                    top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
-                   greedy: bool = False, progress: bool = True) -> dict:
+                   greedy: bool = False, progress: bool = True, extraction: str = "lenient") -> dict:
     """Sample `num_samples` completions per problem of `dataset` and score them against `answer`.
 
     Args:
@@ -110,6 +111,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         temperature: sampling temperature; 0 means greedy decoding for all K samples.
         greedy: additionally decode greedily once per problem and report `greedy` accuracy.
         seed: torch seed for sampling (same seed + batch size -> same samples).
+        extraction: the reward's answer extraction, "lenient" (default) or "strict" (`rewards.math`).
 
     Returns:
         {"mean@K", "pass@K", "greedy" (if asked), "num_problems", "num_samples", "temperature",
@@ -139,7 +141,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
     completions = _generate(model, tokenizer, texts, do_sample=temperature > 0, temperature=temperature,
                             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=f"eval: {n} problems x {k} samples", progress=progress)
-    scores = _score_batch(completions, [g for g in golds for _ in range(k)])  # (N*K,)
+    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction)  # (N*K,)
     per_problem = []
     for i, row in enumerate(rows):
         s = scores[i * k:(i + 1) * k]
@@ -153,12 +155,13 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
+        "extraction": extraction,
     }
     if greedy:
         greedy_out = _generate(model, tokenizer, prompts, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=max_new_tokens, batch_size=batch_size,
                                desc=f"eval: {n} problems greedy", progress=progress)
-        greedy_scores = _score_batch(greedy_out, golds)
+        greedy_scores = _score_batch(greedy_out, golds, extraction)
         for p, c, s in zip(per_problem, greedy_out, greedy_scores):
             p["greedy_completion"], p["greedy_score"] = c, s
         result["greedy"] = sum(greedy_scores) / n
@@ -177,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'tiny' (default, generated offline), a local .json/.jsonl/.parquet file or folder, or a hub id")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     add_dataset_arguments(p)
+    add_reward_arguments(p)
     p.add_argument("--limit", type=int, default=None,
                    help="number of problems (tiny: how many to generate, default 200 for test; others: first N rows)")
     p.add_argument("--num-samples", type=int, default=8, help="K samples per problem (default 8)")
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = dataset_from_args(args)
     result = evaluate_model(args.model, dataset, num_samples=args.num_samples, temperature=args.temperature,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            seed=args.seed, greedy=args.greedy, progress=not args.no_progress)
+                            seed=args.seed, greedy=args.greedy, progress=not args.no_progress,
+                            extraction=args.extraction)
     result = {"model": str(args.model), "dataset": args.dataset, "split": args.split, **result}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
