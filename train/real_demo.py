@@ -19,8 +19,8 @@ folder under --output-dir and skipped when done (an interrupted run resumes; --f
 
 Why the CPU defaults are this small: measured on the 2-core machine with 1 torch thread, SmolLM2
 samples ~30-47 tokens/s (batch 16-48) and one full fine-tuning step on 8 x 300 tokens takes ~35 s,
-so a GRPO step of 2 prompts x 4 completions x 128 tokens is ~80 s. The defaults (4 steps per variant,
-24 problems x 2 samples, 128 new tokens) make the whole job ~30 min: it shows that every stage runs on
+so a GRPO step of 2 prompts x 4 completions x 128 tokens is ~70 s. The defaults (4 steps per variant,
+36 problems x 2 samples, 128 new tokens) made the whole job 28.6 min (measured, 1 thread): it shows that every stage runs on
 the real model, not a trained result; `--gpu` is the setting that can.
 """
 
