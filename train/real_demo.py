@@ -48,7 +48,7 @@ SYSTEM_PROMPT_KEY = "system_prompt"
 # 1 CPU thread (the machine is shared): ~30 min. GPU: ~10 min on one H100/H200-class card (estimate, not run).
 CPU = dict(grpo_steps=4, prompts_per_step=2, num_generations=4, learning_rate=1e-5, max_new_tokens=128,
            eval_problems=36, eval_samples=2, shift_problems=12, shift_samples=1, cross_problems=8, cross_samples=1,
-           cross_values="0.05", temperature=0.7, batch_size=48, rewards="accuracy,format,overlong",
+           cross_values="0.005,0.01", temperature=0.7, batch_size=48, rewards="accuracy,format,overlong",
            reward_weights="1.0,0.1,0.5")
 GPU = dict(grpo_steps=40, prompts_per_step=16, num_generations=8, learning_rate=2e-6, max_new_tokens=320,
            eval_problems=100, eval_samples=8, shift_problems=100, shift_samples=2, cross_problems=100, cross_samples=4,

@@ -190,3 +190,33 @@ def test_co_decoding_on_real_model(real_model):
     assert (always.num_switched == always.lengths).all() and not pure_base.switched.any()
     assert not torch.equal(pure_base.tokens, pure_policy.tokens)  # the two models do differ
     assert all(isinstance(r["text"], str) for r in always.records(tok))
+
+
+def test_demo_dispatches_world_real(monkeypatch):
+    import train.demo
+    import train.real_demo
+
+    seen = []
+    monkeypatch.setattr(train.real_demo, "main", lambda argv: seen.append(argv) or 0)
+    assert train.demo.main(["--world", "real", "--grpo-steps", "2", "--output-dir", "X"]) == 0
+    assert seen == [["--grpo-steps", "2", "--output-dir", "X"]]  # the real pipeline gets the rest of the flags
+
+
+def test_rescore_statuses_and_template_halves():
+    from train.real_demo import rescore
+
+    # 2 problems x K=2; golds 3 and 10. '\\boxed{3}' (right), '#### 4' (wrong). Lenient
+    # fallback: 'so 10 in total.' (last number 10, right); no number at all -> no_answer.
+    res = {"num_samples": 2, "template_splits": ["train", "heldout"], "problems": [
+        {"problem": "p0", "answer": "3", "scores": [1.0, 0.0], "completions": ["so \\boxed{3}", "#### 4"]},
+        {"problem": "p1", "answer": "10", "scores": [0.0, 0.0], "completions": ["so 10 in total.", "I do not know."]}]}
+    out = rescore(res)
+    assert out["problems"][0]["rescored"] == [1.0, 0.0] and out["problems"][1]["rescored"] == [1.0, 0.0]
+    assert out["rescored"] == {"mean@2": 0.5, "pass@2": 1.0}  # 2 right of 4; both problems solved once
+    assert out["problems"][1]["statuses"] == ["ok", "no_answer"]
+    # GSM8K's '#### 4' is not one of the reward's markers (\\boxed{}, answer phrases): the fallback reads it
+    assert out["problems"][0]["paths"] == ["marker", "fallback"] and out["problems"][1]["paths"][0] == "fallback"
+    # shares over the 4 items: ok 3/4, no_answer 1/4, fallback-decided 2/4
+    assert out["statuses"] == {"no_answer": 0.25, "ok": 0.75, "fallback": 0.5, "n": 4}
+    # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
+    assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
