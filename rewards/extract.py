@@ -18,6 +18,11 @@ Extraction order (`extract`), the same in both modes up to step 3:
    the end of its line: a leading math block (`$...$`, `\\(...\\)`, `\\[...\\]`, up to three filler
    words before it) is the answer; otherwise the text up to the end of the sentence or the start of
    an explanation (`, because`, ` since`, `; `, ...): `The answer is 13, because 6+7=13.` -> `13`.
+   Blocks joined by separators form a list (`$12$ and $13$`); quotes around the answer are dropped.
+   A sentence `<subject> is/are/equals <value>` whose subject has prose or a math block gives the
+   value after its last verb: `Final Answer: The largest $n$ is 34.` -> `34` (never the subject `n`).
+   A non-empty answer phrase *after* the last box replaces it (the later marker restates the final
+   answer: `... = \\boxed{255} ... Final Answer: The final answer is $10,455$` -> `10,455`).
 3. A completion with a marker is judged on it, even when the marker is empty or malformed
    (`\\boxed{}`, an unclosed `\\boxed{`): the fallback never rescues an answer the model did mark.
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
@@ -25,7 +30,10 @@ Extraction order (`extract`), the same in both modes up to step 3:
    number after it. Math blocks joined only by separators form a list, as boxes do
    (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
    comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
-   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped.
+   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped. A number
+   inside a LaTeX group (`\\frac{1}{4}`, `2^{10}`) is never the answer alone: the whitespace-delimited
+   token around it is, when no operator touches it (`\\frac{1}{2} + \\frac{1}{3}` has none); a
+   completion that is one bare LaTeX expression (a macro, no math block, no prose word) is read whole.
 
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
 
@@ -75,6 +83,18 @@ _FALLBACK_NUMBER_RE = re.compile(
 _PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b)", re.IGNORECASE)
 _GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
+# In an answer phrase's sentence, the verb joining a subject to its value (the last one counts).
+_COPULA_RE = re.compile(r"\s(?:is|are|was|were|equals|=)\s+(?:equal\s+to\s+)?", re.IGNORECASE)
+_OPERATORS = ("+", "-", "*", "/", "^", "_", "\\cdot", "\\times", "\\div", "\\pm")
+# Right after an answer's math block, words that make it a bound or a sum, not the value.
+_QUALIFIED_AFTER_RE = re.compile(
+    r"[ \t]*(?:(?:or\s+(?:more|less|fewer|greater|higher|lower|larger|smaller|above|below|so|else|over|under)"
+    r"|and\s+(?:up|above|below|more|less|over|under)|plus|minus|times|to\s+\$?-?\d)\b|[-+*/^=<>]|\\(?:times|cdot|pm))",
+    re.IGNORECASE,
+)
+_QUOTES_RE = re.compile(r'^(?:\\?"|“|``)|(?:\\?"|”|\'\')(?=[.,;:!]?\s*$)')
+_LATEX_MACRO_RE = re.compile(r"\\[a-zA-Z]{2,}")
+_TEXT_ARG_RE = re.compile(r"\\(?:text|mbox|textrm|mathrm|textbf|operatorname|textnormal)\s*\{[^{}]*\}")
 
 
 @dataclass(frozen=True)
@@ -225,25 +245,78 @@ def _answer_phrase(text: str) -> str | None:
         return None
     line = text[last.end() : last.end() + 2 * MAX_ANSWER_CHARS].split("\n", 1)[0]
     line = line.strip().lstrip(":").strip()
+    line = _QUOTES_RE.sub("", line).strip()  # `The final answer is \"$12$ and $13$\".`
     lead = _FILLER_BEFORE_MATH_RE.match(line)
     rest = line[lead.end() :] if lead else line
     if rest.startswith(("$", "\\(", "\\[")):
         blocks = math_blocks(rest)
-        if blocks and blocks[0][0] == 0:
-            return _with_percent(rest, blocks[0][1], blocks[0][2])
+        # ... unless the block is a subject: `The largest $n$ is 34` (its value follows the verb)
+        if blocks and blocks[0][0] == 0 and not _COPULA_RE.match(" " + rest[blocks[0][1] :].lstrip()):
+            group = [blocks[0]]  # blocks joined only by separators form a list: `$12$ and $13$`
+            for b in blocks[1:]:
+                if _BOX_GAP_RE.fullmatch(rest[group[-1][1] : b[0]]) is None or not b[2].strip():
+                    break
+                group.append(b)
+            if not _QUALIFIED_AFTER_RE.match(rest, group[-1][1]):  # `$3$ or more` is not 3
+                items = [_with_percent(rest, end, content) for _, end, content in group]
+                return ", ".join(dict.fromkeys(items))
     m = _EXPLANATION_RE.search(line)
     ans = line[: m.start()] if m else line
-    return ans.strip().rstrip(".,;:!").strip()
+    ans = ans.strip().rstrip(".,;:!").strip()
+    cop = None
+    for cop in _COPULA_RE.finditer(ans):
+        pass
+    subject = ans[: cop.start()] if cop is not None else ""
+    if cop is not None and (_PROSE_WORD_RE.search(_strip_math(subject)) or math_blocks(subject)):
+        # `Final Answer: The largest $n$ is 34.`: the answer is what the sentence says its subject is
+        rest = ans[cop.end() :].strip()
+        blocks = math_blocks(rest)
+        if blocks and blocks[0][0] == 0 and not rest[blocks[0][1] :].strip():
+            return _with_percent(rest, blocks[0][1], blocks[0][2])
+        return rest
+    return ans
+
+
+def _strip_math(text: str) -> str:
+    """`text` without its math blocks (what remains is the prose around them)."""
+    for start, end, _ in reversed(math_blocks(text)):
+        text = text[:start] + " " + text[end:]
+    return text
+
+
+def _latex_token(text: str, start: int, end: int) -> str | None:
+    """The whitespace-delimited LaTeX token around text[start:end] (a number inside a macro's braces)
+    when it stands alone: balanced braces, no operator right before or after it (`\frac{1}{2} +
+    \frac{1}{3}` has no final value here: None, never a part). An `=` before it is fine (`x = \frac{10}{9}`)."""
+    a = text.rfind(" ", 0, start) + 1
+    a = max(a, text.rfind("\n", 0, start) + 1)
+    b = len(text)
+    for sep in (" ", "\n"):
+        j = text.find(sep, end)
+        if j >= 0:
+            b = min(b, j)
+    tok = text[a:b].rstrip(".,;:!?")
+    if not tok or tok.count("{") != tok.count("}") or match_braces(tok, tok.find("{")) is None and "{" in tok:
+        return None
+    before, after = text[:a].rstrip(), text[a + len(tok):].lstrip()
+    if before.endswith(_OPERATORS) or after.startswith(_OPERATORS + ("=",)) or tok.startswith(("^", "_", "{")):
+        return None
+    return tok
 
 
 def _fallback(text: str) -> str | None:
-    """Lenient fallback: the last math block or the last number after it, whichever ends later."""
+    """Lenient fallback: the last math block or the last number after it, whichever ends later; a
+    completion that is one bare LaTeX expression (a macro, no math block, no prose word) is whole."""
     blocks = math_blocks(text)
+    if not blocks and _LATEX_MACRO_RE.search(text) and not _PROSE_WORD_RE.search(_TEXT_ARG_RE.sub(" ", text)):
+        return text.strip()  # `\frac{10}{9}`: its last number (9) is only a part of it
     tail_start = blocks[-1][1] if blocks else 0
     last = None
     for last in _FALLBACK_NUMBER_RE.finditer(text, tail_start):
         pass
     if last is not None:
+        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith("}", last.end()):
+            return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`: not the number 4
         return last.group(0).strip()
     group: list[tuple[int, int, str]] = []
     for b in reversed(blocks):
@@ -267,7 +340,12 @@ def extract(completion: str, extraction: str = "lenient") -> Extracted:
     text = cap_completion(completion)
     boxed = last_boxed(text)
     if boxed is not None:
-        return Extracted(boxed or None, MARKER)
+        # An answer phrase after the last box restates the final answer (`\boxed{255}` for a step,
+        # then `Final Answer: The final answer is $10,455$`): the later marker wins when it is not empty.
+        last_box_end = boxes(text)[-1][1]
+        phrase_after = any(m.start() >= last_box_end for m in _ANSWER_PHRASE_RE.finditer(text, last_box_end))
+        phrase = _answer_phrase(text[last_box_end:]) if phrase_after else None
+        return Extracted(phrase or boxed or None, MARKER)
     phrase = _answer_phrase(text)
     if phrase is not None:
         return Extracted(phrase or None, MARKER)

@@ -15,8 +15,9 @@
 - **magnitude words multiply** (never dropped): `1.5 million` -> `1500000`, `5 thousand` -> `5000`,
   `3 dozen` -> `36` (hundred, thousand, million, billion, trillion, quadrillion, dozen; exact);
 - units: a trailing `\\text{...}` / unit word after a complete value is dropped (`5 \\text{ cm}`,
-  `7 apples`) unless it is a constant, a magnitude word or a math word (`pi`, `squared`, ...), or
-  what remains would end in an operator (so `3 + \\mathrm{i}` is never cut to `3 +`);
+  `7 apples`, `\\textnormal{ miles}`, a gold `$125$ miles`) unless it is a constant, a magnitude
+  word, a math word (`pi`, `squared`, ...) or holds a qualifier word (`or more`, `at least`:
+  `QUALIFIER_WORDS`), or what remains would end in an operator (`3 + \\mathrm{i}` is never `3 +`);
 - `x = 3` -> `3` when the gold is not an equation, `1e3` -> `1\\times 10^{3}`;
 - **commas** (the `1,234` rule): a comma between digit groups is a thousands separator when the
   number has the exact form `[1-9]d{0,2}(,ddd)+` (`1,234`, `12,345,678`: the English convention of
@@ -49,6 +50,13 @@ MATH_WORDS = frozenset({
     "sin", "cos", "tan", "cot", "sec", "csc", "sinh", "cosh", "tanh", "arcsin", "arccos", "arctan", "log", "ln",
     "exp", "lim", "max", "min", "gcd", "lcm", "det", "mod", "deg", "percent", "percentage", "pct",
     *MAGNITUDES, *(m + "s" for m in MAGNITUDES),
+})
+# Words that change what a value means (`5 or more`, `at least 5`, `x is positive`): text holding one
+# is never a unit, so it is never stripped (`\boxed{5\text{ or more}}` is not 5).
+QUALIFIER_WORDS = frozenset({
+    "or", "and", "not", "no", "more", "less", "fewer", "than", "least", "most", "at", "about", "approximately",
+    "roughly", "nearly", "almost", "around", "over", "under", "above", "below", "greater", "smaller", "larger",
+    "between", "to", "up", "only", "is", "are", "plus", "minus", "times", "if", "when", "except", "unless",
 })
 
 # Words that may stand in a formula; a leftover magnitude word (`x thousand`) makes an answer text.
@@ -100,6 +108,9 @@ _TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox|texti
 _WORD_RE = re.compile(r"[a-zA-Z]{4,}")
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)\s*/\s*([-+]?\d+)")
+
+
+_BLOCK_THEN_WORDS_RE = re.compile(r"\$([^$]+)\$[ \t]*([A-Za-z][A-Za-z .]*)")
 
 
 def latex_tokens(s: str) -> tuple[str, ...]:
@@ -175,14 +186,14 @@ def _strip_units(s: str) -> str:
         word = m.group(2).strip().lower()
         rest = m.group(1).strip()
         if (not word or word in MATH_WORDS or any(ch.isdigit() for ch in word) or _MAGNITUDE_WORD_RE.search(word)
-                or _ENDS_IN_OPERATOR_RE.search(rest)):
+                or _ENDS_IN_OPERATOR_RE.search(rest) or QUALIFIER_WORDS.intersection(re.findall(r"[a-z]+", word))):
             break
         s = rest
     m = _WHOLE_TEXT_RE.match(s)
     if m:
         s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
     m = _UNIT_WORD_RE.match(s)
-    if m and not any(w and w.lower() in MATH_WORDS for w in (m.group(2), m.group(3))):
+    if m and not any(w and (w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS) for w in (m.group(2), m.group(3))):
         s = m.group(1)
     return s
 
@@ -198,6 +209,10 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    m = _BLOCK_THEN_WORDS_RE.fullmatch(s)
+    if m:  # a gold `$125$ miles`: the block's value with its words as a trailing \text (units stay units)
+        s = f"{m.group(1).strip()}\\text{{ {m.group(2).strip()}}}"
+    s = s.replace("\\textnormal", "\\text")  # `\textnormal{ miles}` is `\text{ miles}`
     s = s.replace("\\displaystyle", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = _LEFT_RIGHT_RE.sub("", s)
     s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
@@ -222,6 +237,7 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     s = _apply_magnitude(s)
     s = _strip_units(s)
     s = _AND_OR_RE.sub(", ", s)
+    s = re.sub(r",(?:\s*,)+", ",", s)  # `19, 46, \text{ and } 82`: the comma before "and" is not an empty item
     s = s.rstrip(".").strip()
     m = _SCI_RE.fullmatch(s)
     if m:  # 1e3 -> 1\times 10^{3} (latex2sympy reads `1e3` as 1*e*3)

@@ -142,6 +142,18 @@ def _both_numbers(a, b) -> bool:
     return isinstance(a, Expr) and isinstance(b, Expr) and bool(a.is_number) and bool(b.is_number)
 
 
+def _undefined(x) -> bool:
+    """A value containing a division by zero or nan (`12:00` read as 12/0 is zoo). Two undefined
+    values are not equal (`12:00` vs `1:00` would both be zoo); identical strings are settled
+    before the pool."""
+    from sympy import Basic, nan, zoo
+
+    try:
+        return isinstance(x, Basic) and bool(x.has(zoo, nan))
+    except Exception:  # sympy raises anything; not decided here
+        return False
+
+
 def _doit(x):
     try:
         return x.doit()
@@ -225,6 +237,8 @@ def verify_prepared(pred: str, gold: str, soft_timeout: float | None = DEFAULT_T
         except Unparseable as e:
             logger.debug("prediction not parseable: %s", e)
             return 0.0, "no_answer"
+        if _undefined(gold_expr) or _undefined(pred_expr):  # `1:00` is 1/0: undefined equals nothing
+            return 0.0, "ok"
         if _both_numbers(gold_expr, pred_expr):  # decided here: no simplify() of a difference of numbers
             ok = timeout(timeout_seconds=soft)(numeric_eq)(gold_expr, pred_expr)
             return float(bool(ok)), "ok"

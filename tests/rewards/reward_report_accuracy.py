@@ -8,7 +8,9 @@ Labelled sets (one JSON object per line: id, category, completion, gold, expecte
   labelled_cases.jsonl      244 cases written with the first reward (boxed answers, normalization);
   labelled_cases_v2.jsonl   the cases of issue 11: marker-less answers, list boxes, constants,
                             magnitude words, tolerance, relations, intervals, matrices, percents,
-                            thousands/decimal commas, multiple choice, worked-solution golds, hedging.
+                            thousands/decimal commas, multiple choice, worked-solution golds, hedging;
+  labelled_cases_v3.jsonl   issue 11b: the failure classes found by scoring public grader suites
+                            (math-verify's tests), written in our own words, each with traps.
 `expected` is the truth (is the completion's final answer equivalent to the gold?), the same for
 both modes: strict mode is expected to miss the marker-less ones.
 
@@ -25,7 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CORPORA = {"v1": HERE / "labelled_cases.jsonl", "v2": HERE / "labelled_cases_v2.jsonl"}
+CORPORA = {"v1": HERE / "labelled_cases.jsonl", "v2": HERE / "labelled_cases_v2.jsonl",
+           "v3": HERE / "labelled_cases_v3.jsonl"}
 CASES_PATH = CORPORA["v1"]
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
 BEGIN, END = "<!-- BEGIN accuracy table (generated) -->", "<!-- END accuracy table (generated) -->"

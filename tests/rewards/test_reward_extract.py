@@ -32,6 +32,15 @@ from rewards.normalize import canonical, latex_tokens
         (r"we get $x \lt 3$.", r"x \lt 3"),  # lenient fallback: the last math block
         ("so 28 percent", "28 percent"),
         (r"\boxed{} and then 7", None),  # an empty marker is not rescued by the fallback
+        # issue 11b (classes found against math-verify's tests):
+        (r"so \boxed{42} per box. Final Answer: The final answer is $126$.", "126"),  # a later phrase wins
+        (r"\boxed{15}. The answer is", "15"),  # ... unless it is empty
+        ("Final Answer: The largest $n$ is 34.", "34"),  # the value after the verb, not the subject
+        ('The answer is "$12$ and $13$".', "12, 13"),  # quotes dropped, joined blocks form a list
+        ("The answer is $3$ or more.", "$3$ or more"),  # a bound: the block alone is not the answer
+        (r"\frac{10}{9}", r"\frac{10}{9}"),  # one bare LaTeX expression: whole, never its last digit
+        (r"Each friend gets \frac{1}{4} of it.", r"\frac{1}{4}"),  # the token around a number in braces
+        (r"we need \frac{1}{2} + \frac{1}{3} more", None),  # an operator touches it: no final value
         ("", None),
     ],
 )
@@ -90,6 +99,10 @@ def test_normalize_gold_errors_name_the_fix():
         ("x = 3", "3"),
         (r"\textbf{(B)}", "B"),
         ("1e3", r"1\times 10^{3}"),
+        (r"125\textnormal{ miles}", "125"),  # issue 11b
+        ("$125$ miles", "125"),  # a gold written as a block and its unit
+        (r"19, 46, \text{ and } 82", "19, 46, 82"),  # no empty item before "and"
+        (r"5\text{ or more}", r"5\text{, more}"),  # a qualifier is never a unit (kept, so it is not 5)
     ],
 )
 def test_canonical(raw, expected):
