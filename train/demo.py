@@ -116,11 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-values", default=None,
                    help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.005,0.01,0.02,0.05,0.1)")
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
+    p.add_argument("--world", choices=("tiny", "real"), default="tiny",
+                   help="'real': SmolLM2-135M-Instruct on GSM8K (`sparse-rlvr demo --world real --help`)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    world = argparse.ArgumentParser(add_help=False)
+    world.add_argument("--world", choices=("tiny", "real"), default="tiny")
+    known, rest = world.parse_known_args(argv)
+    if known.world == "real":  # SmolLM2 on GSM8K: its own pipeline and flags (train/real_demo.py)
+        from train.real_demo import main as real_main
+
+        return real_main(rest)
+    args = build_parser().parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = dict(QUICK if args.quick else FULL)
     for key in ("grpo_steps", "eval_problems", "eval_samples", "cross_values"):

