@@ -158,7 +158,9 @@ class CoDecodeResult:
         return self.num_switched.float() / self.lengths.clamp_min(1).float()
 
     def records(self, tokenizer=None) -> list[dict]:
-        """One dict per sequence: tokens, switched positions, counts, share, JS per step (and text)."""
+        """One dict per sequence: tokens, switched positions, counts, share, JS per step (and, with a
+        tokenizer, `text` and `finished`: the last token is the tokenizer's EOS, i.e. the sequence
+        ended on its own rather than at `max_new_tokens`; the reward gives a cut-off one no fallback)."""
         out = []
         for i in range(self.tokens.shape[0]):
             n = int(self.lengths[i])
@@ -174,6 +176,8 @@ class CoDecodeResult:
             }
             if tokenizer is not None:
                 rec["text"] = tokenizer.decode(toks, skip_special_tokens=True)
+                eos = getattr(tokenizer, "eos_token_id", None)
+                rec["finished"] = bool(toks) and eos is not None and toks[-1] == eos
             out.append(rec)
         return out
 

@@ -180,7 +180,8 @@ def run_setting(models: dict, roles: tuple[str, str], rule, batches: list, golds
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         rows += res.records(tokenizer)
-    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction)
+    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction,
+                         finished=[r["finished"] for r in rows])  # cut off at the cap: no lenient fallback
     for r, s in zip(rows, scores):
         r["score"] = float(s)
     return metrics_of(scores, rows, num_problems, args.num_samples), rows
