@@ -231,7 +231,7 @@ def test_rescore_truncated_completions():
     p = {"problem": "p", "answer": "10", "scores": [0.0, 0.0], "completions": ["so 10 in total.", "10 apples"]}
     assert finished_of(p, tok, 4) == [False, True]
     assert finished_of({**p, "finished": [True, False]}, tok, 4) == [True, False]  # saved flags win
-    out = rescore({"num_samples": 2, "problems": [p]}, tok, 4)
+    out = rescore({"num_samples": 2, "template_splits": ["train"], "problems": [p]}, tok, 4)
     assert out["problems"][0]["statuses"] == ["truncated", "ok"] and out["problems"][0]["rescored"] == [0.0, 1.0]
     # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
     assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
