@@ -95,7 +95,7 @@ def _eval(model: Path, out_file: Path, problems: int, samples: int, seed: int) -
     from train.evaluate import main as eval_main
 
     eval_main(["--model", str(model), "--split", "test", "--limit", str(problems), "--num-samples", str(samples),
-               "--temperature", "1.0", "--seed", str(seed), "--output", str(out_file)])
+               "--sample-temperature", "1.0", "--seed", str(seed), "--output", str(out_file)])
     return json.loads(out_file.read_text())
 
 
@@ -104,6 +104,8 @@ def _accuracy(result: dict) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diagnostics.cli_args import add_verbose_argument
+
     p = argparse.ArgumentParser(prog="sparse-rlvr demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-dir", default="outputs/demo", help="where every stage and the report go")
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-values", default=None,
                    help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.005,0.01,0.02,0.05,0.1)")
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
+    add_verbose_argument(p)
     return p
 
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rl_name = "grpo-sigmoid"
     cross = stages.run("cross", lambda p: cross_main([
-        "--base", str(base), "--rl", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
+        "--base", str(base), "--policy", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
         "--values", cfg["cross_values"], "--num-samples", str(cfg["cross_samples"]), "--dataset", "tiny",
         "--split", "test", "--limit", str(cfg["cross_problems"]), "--seed", str(args.seed),
         "--output-dir", str(p)]))

@@ -25,8 +25,11 @@ Where this departs from the paper (see docs/trainer.md):
 
 from __future__ import annotations
 
-import copy
-import math
+from train import check_trl_version
+
+check_trl_version()  # before importing TRL internals: this module overrides private GRPOTrainer methods
+
+import copy  # noqa: E402
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -38,7 +41,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, maybe_gather_lm_head_ctx, use_adapter
+from trl.trainer.utils import disable_dropout_in_model, maybe_gather_lm_head_ctx, use_adapter
 
 from diagnostics.divergence import (
     DIVERGENCE_REGISTRY,
@@ -49,6 +52,8 @@ from diagnostics.divergence import (
     pair_measures,
     pair_measures_,
 )
+from diagnostics.models import check_same_vocabulary, load_model
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, shift_stats
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
 from train.weighting import TOKEN_LOCAL_WEIGHTINGS, compute_weights
 
@@ -56,9 +61,6 @@ from train.weighting import TOKEN_LOCAL_WEIGHTINGS, compute_weights
 # (slower, more memory) full-forward path instead of the hidden-state path.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
-QUANTILES = (0.5, 0.9, 0.99)
-SPARSITY_THRESHOLDS = (0.01, 0.05, 0.1)
-TOP_SHARES = (0.01, 0.05, 0.2)
 
 
 class DivergenceWeightedGRPOTrainer(GRPOTrainer):
@@ -160,30 +162,25 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             self.base_model = base
 
     def _load_base(self, path: str, policy_dtype: torch.dtype):
+        """The base through the project's one loader (`diagnostics.models.load_model`), with TRL's model kwargs."""
         kwargs = dict(self.args.model_init_kwargs or {})
         kwargs.pop("quantization_config", None)
         dt = self.args.base_model_dtype
-        kwargs["dtype"] = policy_dtype if dt == "policy" else dt
+        dtype = policy_dtype if dt == "policy" else dt
+        kwargs.pop("dtype", None)
         if self.args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
             kwargs["device_map"] = None
+        # as TRL's create_model_from_path: no device_map on CPU (the accelerator places the model)
+        kwargs.setdefault("device_map", None if self.accelerator.device.type in ("cpu", "mps") else "auto")
         kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
-        try:
-            return create_model_from_path(path, **kwargs)
-        except OSError as err:
-            raise FileNotFoundError(
-                f"base_model_name_or_path={path!r} could not be loaded ({err}); point it at a local model directory "
-                "sharing the policy's tokenizer."
-            ) from None
+        return load_model(path, dtype=dtype, device=None, flag="base_model_name_or_path", **kwargs)
 
     def _check_vocab(self, base) -> None:
-        v_base = base.config.get_text_config().vocab_size
-        v_pol = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
-        if v_base != v_pol:
-            raise ValueError(
-                f"base model vocabulary ({v_base} tokens) differs from the policy's ({v_pol} tokens); the per-token "
-                "divergence needs one shared vocabulary: set base_model_name_or_path to a model with the policy's "
-                "tokenizer."
-            )
+        """`diagnostics.models.check_same_vocabulary` (the one check) on base vs policy, with the policy's tokenizer."""
+        tok = self.processing_class
+        check_same_vocabulary(tok, tok, base, self.accelerator.unwrap_model(self.model),
+                              base_name=str(self.args.base_model_name_or_path or "initial weights"),
+                              policy_name="policy")
 
     @property
     def divergence_timing(self) -> str:
@@ -527,46 +524,20 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         bad = self.accelerator.reduce(torch.tensor(n_bad, device=div.device), reduction="sum")
         self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
         allrows = self._gather_valid(local).double()  # (N, 4)
-        for key, value in shift_metrics(allrows, self.args.high_divergence_threshold).items():
+        for key, value in shift_metrics(allrows, self.args.high_divergence_threshold,
+                                       self.args.divergence_measure).items():
             self._metrics[mode][f"shift/{key}"].append(value)
 
 
-def shift_metrics(rows: torch.Tensor, high_threshold: float = 0.1) -> dict[str, float]:
-    """Summary of one batch's per-token divergence. `rows`: `(N, 4)` = [D, H_base, H_policy, weight].
+def shift_metrics(rows: torch.Tensor, high_threshold: float = DEFAULT_HIGH_THRESHOLD,
+                  measure: str = "js") -> dict[str, float]:
+    """The `shift/*` metrics of one batch: `diagnostics.shift_stats.shift_stats` of its token columns.
 
-    divergence_mean, divergence_p{50,90,99}; frac_above_{0.01,0.05,0.1} (sparsity); top{1,5,20}pct_share
-    = Σ of the top ⌈q·N⌉ D / Σ D (concentration); entropy_{base,policy}_{high,low} = mean entropy on
-    tokens with D > high_threshold vs the rest; weight_{mean,max,frac_not_one}. NaN when undefined.
+    `rows`: `(N, 4)` = [D, H_base, H_policy, weight] of the counted tokens; `measure` (the D measure's
+    name) prefixes the divergence keys (`js_mean`, `frac_js_gt_0.1`, ...; docs/vocabulary.md). NaN when undefined.
     """
-    nan = float("nan")
-    n = rows.size(0)
-    if n == 0:
-        return {"num_tokens": 0.0}
-    d = rows[:, 0]
-    d_sorted = torch.sort(d, descending=True).values  # (N,)
-    total = d_sorted.sum()
-    m: dict[str, float] = {"num_tokens": float(n), "divergence_mean": d.mean().item()}
-    for q in QUANTILES:
-        # lower "nearest-rank"-free linear interpolation, like torch.quantile (which caps its input size)
-        pos = q * (n - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        asc_lo, asc_hi = d_sorted[n - 1 - lo], d_sorted[n - 1 - hi]
-        m[f"divergence_p{round(q * 100)}"] = (asc_lo + (asc_hi - asc_lo) * (pos - lo)).item()
-    for t in SPARSITY_THRESHOLDS:
-        m[f"frac_above_{t:g}"] = (d > t).double().mean().item()
-    for q in TOP_SHARES:
-        k = max(1, math.ceil(q * n))
-        m[f"top{round(q * 100)}pct_share"] = (d_sorted[:k].sum() / total).item() if total > 0 else nan
-    high = d > high_threshold
-    for j, name in ((1, "base"), (2, "policy")):
-        ent = rows[:, j]
-        m[f"entropy_{name}_high"] = ent[high].mean().item() if high.any() else nan
-        m[f"entropy_{name}_low"] = ent[~high].mean().item() if (~high).any() else nan
-    w = rows[:, 3]
-    m["weight_mean"] = w.mean().item()
-    m["weight_max"] = w.max().item()
-    m["weight_frac_not_one"] = (w != 1.0).double().mean().item()
-    return m
+    return shift_stats(rows[:, 0], measure=measure, entropy_base=rows[:, 1], entropy_policy=rows[:, 2],
+                       weights=rows[:, 3], high_threshold=high_threshold)
 
 
 __all__ = ["DivergenceWeightedGRPOTrainer", "shift_metrics"]
