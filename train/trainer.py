@@ -43,15 +43,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, maybe_gather_lm_head_ctx, use_adapter
 
-from diagnostics.divergence import (
-    DIVERGENCE_REGISTRY,
-    get_divergence,
-    get_sampled_estimator,
-    log_probs,
-    log_probs_,
-    pair_measures,
-    pair_measures_,
-)
+from diagnostics.divergence import DIVERGENCE_REGISTRY, get_sampled_estimator, pair_rows
 from diagnostics.models import check_same_vocabulary, load_model
 from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, shift_stats
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
@@ -300,7 +292,6 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         temp = args.divergence_temperature or self.temperature
         measure = args.divergence_measure
         sampled = measure not in DIVERGENCE_REGISTRY
-        fn = get_sampled_estimator(measure) if sampled else get_divergence(measure)
         n, c = completion_ids.shape
         out = {k: torch.zeros(n * c, device=input_ids.device) for k in ("div", "ent_base", "ent_policy")}
         tokens = completion_ids.reshape(-1)  # (B·C,)
@@ -323,50 +314,19 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 heads.enter_context(maybe_gather_lm_head_ctx(*base_head))
                 heads.enter_context(maybe_gather_lm_head_ctx(*policy_head))
                 with heads:
-                    self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, fn, sampled)
+                    self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, measure, sampled)
         return {k: v.view(n, c) for k, v in out.items()}
 
-    def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
-        """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`).
-
-        Full-distribution measures (the default) run in five reused float32 `(chunk, V)` buffers: both models'
-        logits are written into two of them and turned into log-probs in place, and `pair_measures_` keeps p, q
-        and its temporary in the other three, so no `(chunk, V)` array is allocated per chunk.
-        """
+    def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, measure, sampled) -> None:
+        """Fill `out[...]` rows [offset, offset + n_rows) through `diagnostics.divergence.pair_rows`, the one
+        chunked base-vs-policy driver (five reused float32 `(chunk, V)` buffers for full distributions)."""
         args = self.args
         top_p = args.divergence_top_p if args.divergence_top_p is not None and args.divergence_top_p < 1.0 else None
-        bufs: list[torch.Tensor] = []
-        for r0 in range(0, n_rows, args.divergence_chunk_size):
-            sl = slice(r0, min(r0 + args.divergence_chunk_size, n_rows))
-            glob = slice(offset + sl.start, offset + sl.stop)
-            if sampled or top_p is not None:
-                lb = log_probs(base_rows(sl), temp)  # (c, V) float32
-                lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
-                ent = pair_measures(lb, lp, (), entropies=True)  # entropies of the full distributions
-                if sampled:
-                    tok = tokens[glob].unsqueeze(-1)  # (c, 1)
-                    # the policy sampled the token: estimate KL(policy ‖ base)
-                    out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
-                else:  # log_softmax of log-probs is the identity, so this truncates without a second matmul
-                    trunc = pair_measures(log_probs(lb, 1.0, top_p), log_probs(lp, 1.0, top_p),
-                                          (args.divergence_measure,))
-                    out["div"][glob] = trunc[args.divergence_measure]
-            else:  # one pass: divergence and both entropies share exp() (diagnostics.divergence.pair_measures_)
-                c = sl.stop - sl.start
-                if not bufs:  # the vocabulary size is known from the first chunk's logits
-                    first = base_rows(sl)  # (c, V) model dtype
-                    bufs = [torch.empty(args.divergence_chunk_size, first.size(-1), dtype=torch.float32,
-                                        device=first.device) for _ in range(5)]
-                    lb = bufs[0][:c].copy_(first)
-                    del first
-                else:
-                    lb = base_rows(sl, out=bufs[0][:c])
-                lb = log_probs_(lb, temp)  # (c, V) float32, in place
-                lp = log_probs_(policy_rows(sl, out=bufs[1][:c]), temp)  # (c, V) float32, in place
-                ent = pair_measures_(lb, lp, (args.divergence_measure,), entropies=True, scratch=bufs[2:])
-                out["div"][glob] = ent[args.divergence_measure]
-            out["ent_base"][glob] = ent["entropy_base"]
-            out["ent_policy"][glob] = ent["entropy_policy"]
+        pair_rows(base_rows, policy_rows, n_rows, measures=() if sampled else (measure,), temperature=temp,
+                  top_p=top_p, chunk_size=args.divergence_chunk_size, entropies=True,
+                  tokens=tokens if sampled else None, sampled=measure if sampled else None,
+                  out={measure: out["div"], "entropy_base": out["ent_base"], "entropy_policy": out["ent_policy"]},
+                  offset=offset)
 
     # ----------------------------------------------------------------------------------------------
     # Overrides
