@@ -70,8 +70,9 @@ def run_sft(base_path: str, output_dir: str, *, dataset_source: str = "tiny", nu
             seed: int = 0, progress: bool = True, sample_temperature: float = 1.0, sample_top_p: float = 1.0,
             dataset_kwargs: dict | None = None) -> Path:
     """Rejection-sample, fine-tune, save to `output_dir` (model + tokenizer + `sft.json`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from diagnostics.models import load_model, load_tokenizer
 
     if not Path(base_path).exists():
         raise FileNotFoundError(f"--base {base_path!r} does not exist. Fix: build it with "
@@ -84,8 +85,8 @@ def run_sft(base_path: str, output_dir: str, *, dataset_source: str = "tiny", nu
                                    num_samples=num_samples, temperature=sample_temperature, top_p=sample_top_p,
                                    seed=seed, progress=progress, dataset_kwargs=dataset_kwargs)
     logger.info("sft: kept %d correct completions of %d samples", stats["kept"], stats["samples"])
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    model = AutoModelForCausalLM.from_pretrained(base_path)
+    tokenizer = load_tokenizer(base_path, "--base")
+    model = load_model(base_path, dtype="float32", device=None, flag="--base").train()  # SFTTrainer places it
     args = SFTConfig(
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=batch_size,
         learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0, completion_only_loss=True,

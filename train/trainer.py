@@ -171,7 +171,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         """`diagnostics.models.check_same_vocabulary` (the one check) on base vs policy, with the policy's tokenizer."""
         tok = self.processing_class
         check_same_vocabulary(tok, tok, base, self.accelerator.unwrap_model(self.model),
-                              base_name=str(self.args.base_model_name_or_path or "initial weights"),
+                              base_name=(f"base_model_name_or_path={self.args.base_model_name_or_path}"
+                                         if self.args.base_model_name_or_path else "the policy's initial weights"),
                               policy_name="policy")
 
     @property
