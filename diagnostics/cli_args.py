@@ -31,8 +31,9 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        warnings.warn(f"{parser.prog}: {option_string} is deprecated; use {self.new_flag}", FutureWarning,
-                      stacklevel=2)
+        # attributed to the command line, not to argparse's source: one clean line on stderr
+        warnings.warn_explicit(f"{parser.prog}: {option_string} is deprecated; use {self.new_flag}", FutureWarning,
+                               filename="command line", lineno=0, module="sparse_rlvr.cli")
         setattr(namespace, self.dest, values)
 
 
