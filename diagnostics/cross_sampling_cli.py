@@ -39,6 +39,7 @@ from diagnostics.cli_args import (
     check_required,
 )
 from rewards.data import add_dataset_arguments
+from rewards.registry import add_reward_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=4, help="K answers per problem: accuracy is mean@K (default 4)")
     p.add_argument("--output-dir", required=True, help="where summary.json, samples.jsonl and the PNG go")
     add_dataset_arguments(p, dataset="tiny", split="test", limit=100)
+    add_reward_arguments(p)
     add_sampling_arguments(p, legacy_plain=True, what="co-decoding (both models' distributions; the rule's JS is "
                                                     "computed on them)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="answer length budget in tokens (default 128)")
@@ -163,7 +165,7 @@ def run_setting(models: dict, roles: tuple[str, str], rule, batches: list, golds
                         max_new_tokens=args.max_new_tokens, temperature=args.sample_temperature,
                         top_p=args.sample_top_p, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         rows += res.records(tokenizer)
-    scores = score_batch([r["text"] for r in rows], golds)
+    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction)
     for r, s in zip(rows, scores):
         r["score"] = float(s)
     return metrics_of(scores, rows, num_problems, args.num_samples), rows

@@ -2,30 +2,32 @@
 
 Pure scoring layer (no TRL imports). Three stages:
 
-1. `prepare(completion, gold)` (calling process, pure Python, bounded time): extract the answer
-   (`rewards.normalize.extract_answer`), canonicalize both sides, and settle the cheap cases
-   without sympy. Fast paths, each exactly what math-verify would answer:
-     - identical canonical strings, or identical LaTeX token sequences (whitespace in math
-       mode only ends macro names) -> 1.0;
-     - both plain integers of <= 15 digits -> integer equality (math-verify compares numbers at
-       15 significant digits, so below that it is exact equality too);
-     - two numbers (integer, decimal, a/b, \\frac{a}{b}) that are exactly equal -> 1.0 (unequal
-       ones go to math-verify, which treats floats within 6 decimals as equal);
-     - a multiple-choice gold letter (A-J) -> letter equality (math-verify would parse both
-       letters as symbols and compare them the same way).
-2. `verify_prepared(pred, gold)`: math-verify `verify(parse(gold), parse(pred))` on the short
-   canonical strings, wrapped in `$...$` (so a bare gold like `\\frac{1}{2}` is read whole).
-   This is the part that can hang on hostile input, so `score_batch` runs it in
+1. `prepare(completion, gold, extraction=...)` (calling process, pure Python, bounded time):
+   extract the answer (`rewards.extract.extract`: markers, then in `lenient` mode the last
+   expression), canonicalize both sides (`rewards.normalize.canonical`), and settle without sympy:
+     - identical canonical strings or LaTeX token sequences -> 1.0;
+     - two numbers (integers, decimals, a/b, \\frac{a}{b}, a\\times 10^k, percents) -> exact
+       comparison, or relative tolerance 1e-6 when a decimal is involved
+       (`rewards.normalize.numbers_equal`);
+     - a multiple-choice gold letter (A-J) -> letter equality (`(B) 42` is B);
+     - an answer in words (`Monday`, `5 thousand apples`) -> word equality.
+2. `rewards.verify.verify_prepared(pred, gold)`: latex2sympy on each whole string (never a
+   prefix) and math-verify's `verify` with relative, not absolute, numeric tolerance. This is
+   the part that can hang on hostile input, so `score_batch` runs it in
    `rewards.pool.VerifierPool` worker processes with a hard per-item wall-clock timeout.
-3. `score_batch(completions, golds)`: de-duplicates canonical pairs, fast-paths in process, reuses
-   cached math-verify outcomes of pairs seen before (LRU), sends the rest to the pool; never raises, every failure is counted in `rewards.pool.COUNTERS`.
+3. `score_batch(completions, golds)`: de-duplicates canonical pairs, settles stage 1 in process,
+   reuses cached stage-2 outcomes of pairs seen before (LRU), sends the rest to the pool; never
+   raises, every outcome is counted in `rewards.pool.COUNTERS`.
 
 `compute_score` runs stages 1-2 in process (no hard timeout: math-verify's own `signal.alarm`
 timeout is used on the main thread only, because off the main thread it raises). Use
 `score_batch` in training.
 
-Statuses (one per item, counted): ok, no_answer (nothing extractable), answer_too_long,
-bad_gold (gold empty, too long or not parseable by math-verify), timeout, error.
+`extraction`: "lenient" (default) or "strict" (markers only: a completion without `\\boxed{}` or
+an answer phrase is `no_answer`). Statuses (one per item, counted): ok, no_answer (nothing
+extractable, or not parseable), answer_too_long, bad_gold (gold empty, too long or not parseable),
+timeout, error. Each item's `path` says which extraction decided: "marker", "fallback" or None
+(nothing extracted, or a bad gold).
 """
 
 from __future__ import annotations
@@ -35,22 +37,34 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from rewards.normalize import (
+from rewards.extract import (
     MAX_ANSWER_CHARS,
-    canonical,
+    MAX_GOLD_CHARS,
+    check_extraction,
+    extract,
     extract_answer,
-    exact_number,
-    is_choice_letter,
-    is_plain_int,
-    latex_tokens,
     normalize_gold,
-    strip_percent,
 )
+from rewards.normalize import (
+    canonical,
+    choice_letter,
+    is_choice_letter,
+    is_list,
+    is_text,
+    latex_tokens,
+    numbers_equal,
+    parse_number,
+    text_key,
+)
+from rewards.pool import COUNTERS, get_pool
+from rewards.verify import DEFAULT_TIMEOUT, verify_prepared
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Prepared",
+    "Scored",
     "compute_score",
     "extract_answer",
     "normalize_gold",
@@ -65,102 +79,81 @@ logger = logging.getLogger(__name__)
 RESULT_CACHE_SIZE = 65_536  # canonical (pred, gold) -> (score, status), deterministic outcomes only
 _RESULT_CACHE: "OrderedDict[tuple[str, str], tuple[float, str]]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
-DEFAULT_TIMEOUT = 5.0  # seconds of wall clock per item in the pool (hard kill past it)
 STATUSES = ("ok", "no_answer", "answer_too_long", "bad_gold", "timeout", "error")
+
+
+class Scored(NamedTuple):
+    """One item's outcome: `score` in {0.0, 1.0}, `status` (one of `STATUSES`), `path`
+    ("marker", "fallback" or None: which extraction found the answer)."""
+
+    score: float
+    status: str
+    path: str | None
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """Result of stage 1: either decided (`score` set) or a canonical pair for math-verify."""
+    """Result of stage 1: either decided (`score` set) or a canonical pair for stage 2."""
 
-    score: float | None  # None -> needs math-verify on (pred, gold)
+    score: float | None  # None -> needs verify_prepared(pred, gold)
     status: str
     pred: str = ""
     gold: str = ""
+    path: str | None = None
 
 
-def prepare(completion: str, gold: str, *, last_number_fallback: bool = False) -> Prepared:
-    """Stage 1: extraction, normalization and the exact fast paths. Pure Python, never raises."""
-    if not isinstance(gold, str) or not gold.strip():
-        return Prepared(0.0, "bad_gold")
+@functools.lru_cache(maxsize=65_536)
+def _gold_form(gold: str) -> tuple[str, bool]:
+    """(canonical gold, is it a list) or ("", False) for a bad gold. Cached: a GRPO group shares its gold."""
+    if not gold.strip():
+        return "", False
     try:
         gold_ans = normalize_gold(gold, "auto")
     except ValueError:
-        return Prepared(0.0, "bad_gold")
-    if len(gold_ans) > MAX_ANSWER_CHARS:
-        return Prepared(0.0, "bad_gold")
+        return "", False
+    if not gold_ans or len(gold_ans) > MAX_GOLD_CHARS:
+        return "", False
     gold_c = canonical(gold_ans, strip_equation=False)
+    list_gold = is_list(gold_c)
+    if list_gold:
+        gold_c = canonical(gold_ans, strip_equation=False, list_gold=True)
+    return gold_c, list_gold
+
+
+def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepared:
+    """Stage 1: extraction, normalization and the in-process decisions. Pure Python; never raises
+    on content (ValueError for an unknown `extraction`)."""
+    check_extraction(extraction)
+    if not isinstance(gold, str):
+        return Prepared(0.0, "bad_gold")
+    gold_c, list_gold = _gold_form(gold)
     if not gold_c:
         return Prepared(0.0, "bad_gold")
-    ans = extract_answer(completion, last_number_fallback=last_number_fallback) if isinstance(completion, str) else None
-    if ans is None:
-        return Prepared(0.0, "no_answer")
-    if len(ans) > MAX_ANSWER_CHARS:
-        return Prepared(0.0, "answer_too_long")
-    pred_c = canonical(ans, strip_equation="=" not in gold_c)
-    if "%" not in gold_c:
-        pred_c = strip_percent(pred_c)  # gold 12.5 (the usual convention) vs `12.5\%`
+    ex = extract(completion, extraction) if isinstance(completion, str) else extract("", extraction)
+    if ex.answer is None:
+        return Prepared(0.0, "no_answer", path=ex.path)
+    if len(ex.answer) > MAX_ANSWER_CHARS:
+        return Prepared(0.0, "answer_too_long", path=ex.path)
+    pred_c = canonical(ex.answer, strip_equation="=" not in gold_c, list_gold=list_gold, decimal_comma=not list_gold)
     if not pred_c:
-        return Prepared(0.0, "no_answer")
-    if pred_c == gold_c or latex_tokens(pred_c) == latex_tokens(gold_c):
-        return Prepared(1.0, "ok")
-    if is_plain_int(pred_c) and is_plain_int(gold_c):
-        return Prepared(float(int(pred_c) == int(gold_c)), "ok")
-    a, b = exact_number(pred_c), exact_number(gold_c)
-    if a is not None and b is not None and a == b:  # 0.5 == \frac{1}{2}; unequal ones go to
-        return Prepared(1.0, "ok")  # math-verify, which compares floats at 6 decimals
+        return Prepared(0.0, "no_answer", path=ex.path)
     if is_choice_letter(gold_c):
-        return Prepared(float(pred_c.upper() == gold_c), "ok")
-    return Prepared(None, "pending", pred_c, gold_c)
+        letter = choice_letter(pred_c) or choice_letter(ex.answer)
+        return Prepared(float(letter == gold_c), "ok", path=ex.path)
+    if pred_c == gold_c or latex_tokens(pred_c) == latex_tokens(gold_c):
+        return Prepared(1.0, "ok", path=ex.path)
+    a, b = parse_number(pred_c), parse_number(gold_c)
+    if a is not None and b is not None:
+        return Prepared(float(numbers_equal(a, b)), "ok", path=ex.path)
+    if is_text(pred_c) or is_text(gold_c):
+        return Prepared(float(text_key(pred_c) == text_key(gold_c)), "ok", path=ex.path)
+    return Prepared(None, "pending", pred_c, gold_c, ex.path)
 
 
-def _soft_timeout(seconds: float | None) -> int | None:
-    """math-verify's own timeout (signal.alarm, whole seconds) only works on the main thread."""
-    if seconds is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return max(1, int(seconds))
-
-
-@functools.lru_cache(maxsize=8192)
-def _parse_gold(gold: str, soft: int | None):
-    return _parse(gold, soft)
-
-
-def _parse(s: str, soft: int | None):
-    """math-verify `parse` on `$s$`: wrapping makes the LaTeX extractor read a bare answer like
-    `\\frac{1}{2}` whole (unwrapped, math-verify 0.9 often reads a prefix: 2^{10} -> 2)."""
-    from math_verify import parse
-
-    return parse(f"${s}$", parsing_timeout=soft, raise_on_error=True)
-
-
-def verify_prepared(pred: str, gold: str, soft_timeout: float | None = DEFAULT_TIMEOUT) -> tuple[float, str]:
-    """Stage 2: math-verify equivalence of two canonical strings -> (score, status). Never raises
-    an Exception (a math-verify TimeoutException, a BaseException, is caught too)."""
-    from math_verify import verify
-    from math_verify.errors import TimeoutException
-
-    soft = _soft_timeout(soft_timeout)
-    try:
-        gold_parsed = _parse_gold(gold, soft)
-        if not gold_parsed:
-            return 0.0, "bad_gold"
-        pred_parsed = _parse(pred, soft)
-        if not pred_parsed:
-            return 0.0, "no_answer"
-        ok = verify(gold_parsed, pred_parsed, timeout_seconds=soft, raise_on_error=True)
-        return float(bool(ok)), "ok"
-    except TimeoutException:
-        return 0.0, "timeout"
-    except (Exception, RecursionError) as e:  # sympy/latex2sympy raise anything; counted, not hidden
-        logger.debug("math-verify failed on pred=%r gold=%r: %s: %s", pred[:80], gold[:80], type(e).__name__, e)
-        return 0.0, "error"
-
-
-def compute_score(completion: str, gold: str, *, last_number_fallback: bool = False) -> float:
+def compute_score(completion: str, gold: str, *, extraction: str = "lenient") -> float:
     """1.0 if the completion's final answer is equivalent to `gold`, else 0.0. In-process; never
-    raises. No hard timeout (see module docstring): training should use `score_batch`."""
-    prep = prepare(completion, gold, last_number_fallback=last_number_fallback)
+    raises on content. No hard timeout (see module docstring): training should use `score_batch`."""
+    prep = prepare(completion, gold, extraction=extraction)
     if prep.score is not None:
         return prep.score
     return verify_prepared(prep.pred, prep.gold)[0]
@@ -171,21 +164,22 @@ def score_batch_detailed(
     golds: list[str],
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    last_number_fallback: bool = False,
+    extraction: str = "lenient",
     pool=None,
     use_cache: bool = True,
-) -> list[tuple[float, str]]:
-    """(score, status) per pair; see `score_batch`."""
-    from rewards.pool import COUNTERS, get_pool
-
+) -> list[Scored]:
+    """`Scored(score, status, path)` per pair; see `score_batch`."""
+    check_extraction(extraction)
     if len(completions) != len(golds):
         raise ValueError(
             f"score_batch: {len(completions)} completions but {len(golds)} golds. Fix: pass one gold per completion"
         )
     out: list[tuple[float, str] | None] = [None] * len(completions)
+    paths: list[str | None] = [None] * len(completions)
     todo: dict[tuple[str, str], list[int]] = {}  # canonical pair -> item indices (de-duplication)
     for i, (c, g) in enumerate(zip(completions, golds)):
-        prep = prepare(c, g, last_number_fallback=last_number_fallback)
+        prep = prepare(c, g, extraction=extraction)
+        paths[i] = prep.path
         if prep.score is not None:
             out[i] = (prep.score, prep.status)
         else:
@@ -218,7 +212,8 @@ def score_batch_detailed(
     COUNTERS.add_batch(
         [s for _, s in out], n_verified=len(todo), n_deduplicated=sum(len(v) - 1 for v in todo.values())
     )
-    return out  # type: ignore[return-value]
+    COUNTERS.add("fallback", sum(p == "fallback" for p in paths))
+    return [Scored(r[0], r[1], p) for r, p in zip(out, paths)]  # type: ignore[index]
 
 
 def score_batch(
@@ -226,17 +221,17 @@ def score_batch(
     golds: list[str],
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    last_number_fallback: bool = False,
+    extraction: str = "lenient",
     pool=None,
     use_cache: bool = True,
 ) -> list[float]:
-    """Score N (completion, gold) pairs: exact fast paths in process, the rest de-duplicated and
-    verified in parallel by the worker pool with a hard per-item `timeout` (seconds). An item past
-    its timeout scores 0.0 and is counted. `pool`: a `VerifierPool` to use instead of this
-    process's shared one (its own `.timeout` then applies). Never raises on content; raises ValueError only when
-    the two lists differ in length. `use_cache`: reuse math-verify outcomes of canonical pairs
-    seen in earlier batches (LRU, `RESULT_CACHE_SIZE`; timeouts and errors are never cached)."""
-    return [s for s, _ in score_batch_detailed(
-        completions, golds, timeout=timeout, last_number_fallback=last_number_fallback, pool=pool,
-        use_cache=use_cache,
+    """Score N (completion, gold) pairs: stage 1 in process, the rest de-duplicated and verified
+    in parallel by the worker pool with a hard per-item `timeout` (seconds). An item past its
+    timeout scores 0.0 and is counted. `extraction`: "lenient" (default) or "strict" (see the
+    module docstring). `pool`: a `VerifierPool` to use instead of this process's shared one (its
+    own `.timeout` then applies). Never raises on content; raises ValueError when the two lists
+    differ in length or `extraction` is unknown. `use_cache`: reuse stage-2 outcomes of canonical
+    pairs seen in earlier batches (LRU, `RESULT_CACHE_SIZE`; timeouts and errors are never cached)."""
+    return [r.score for r in score_batch_detailed(
+        completions, golds, timeout=timeout, extraction=extraction, pool=pool, use_cache=use_cache,
     )]

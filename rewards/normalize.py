@@ -1,235 +1,321 @@
-"""Answer extraction and string normalization around math-verify (pure Python, no sympy).
+"""How an answer is written: one canonical string per answer, and exact numbers (pure Python, no sympy).
 
-Everything here runs in the *calling* process before anything reaches the verifier pool, so it
-must be linear-time and bounded on hostile input:
+`canonical` rewrites surface forms that are cheap to settle without sympy, in this order:
 
-- a completion is cut to its last `MAX_COMPLETION_CHARS` characters first (answers sit at the end),
-- at most `MAX_BOX_TRIES` `\\boxed{` openings are brace-matched (from the last one backwards),
-- an extracted answer or gold longer than `MAX_ANSWER_CHARS` is rejected as unparseable.
+- delimiters (`$`, `$$`, `\\(`, `\\[`), `\\displaystyle`, `\\dfrac`/`\\tfrac`/`\\cfrac`, `\\left`/`\\right`,
+  `\\frac13` -> `\\frac{1}{3}`, `\\lt`/`\\gt`/`\\le`/`\\ge`/`\\leqslant`/`\\geqslant`;
+- **constants**: `\\mathrm{e}`, `\\text{e}`, `\\operatorname{e}` -> `{e}`; the same for `i`; `\\mathrm{\\pi}`
+  -> `\\pi`. They are values (Euler's number, the imaginary unit, pi), never units, so nothing below
+  strips them;
+- **thousands separators** inside a number: `1{,}234`, `11,\\! 111`, thin spaces (`1\\,000`, `1~000`,
+  U+2009/U+202F) and plain spaces between 3-digit groups (`1 000 000`);
+- spacing macros, degrees (`^\\circ`, `°`, `\\degree`), currency (`\\$`, a leading `$`);
+- **percent**: `28 percent`, `28 %`, `28\\text{ percent}` -> `28\\%` (the comparison reads `x%` as
+  both `x` and `x/100`, see `numbers_equal`);
+- **magnitude words multiply** (never dropped): `1.5 million` -> `1500000`, `5 thousand` -> `5000`,
+  `3 dozen` -> `36` (hundred, thousand, million, billion, trillion, quadrillion, dozen; exact);
+- units: a trailing `\\text{...}` / unit word after a complete value is dropped (`5 \\text{ cm}`,
+  `7 apples`) unless it is a constant, a magnitude word or a math word (`pi`, `squared`, ...), or
+  what remains would end in an operator (so `3 + \\mathrm{i}` is never cut to `3 +`);
+- `x = 3` -> `3` when the gold is not an equation, `1e3` -> `1\\times 10^{3}`;
+- **commas** (the `1,234` rule): a comma between digit groups is a thousands separator when the
+  number has the exact form `[1-9]d{0,2}(,ddd)+` (`1,234`, `12,345,678`: the English convention of
+  GSM8K, math-verify and latex2sympy). Otherwise, when the gold is a single value, one comma
+  between digits is a decimal comma (`0,111`, `1000,99`, `3,5`: no thousands reading exists).
+  When the gold is itself a list (a top-level comma), every comma is a list separator on both
+  sides (`1,234` vs gold `1, 234` is the list 1, 234);
+- multiple-choice letters `(B)`, `B.`, `\\textbf{(B)}` -> `B`.
 
-Extraction order (`extract_answer`): the last well-formed `\\boxed{...}` / `\\fbox{...}` (nested
-braces allowed, `\\boxed 5` too), else the last "the answer is X" / "Answer: X" phrase, else
-(only when asked) the last number in the text.
-
-Normalization (`canonical`) rewrites surface forms that plain math-verify treats differently or
-that are cheap to settle without sympy: `\\dfrac`/`\\tfrac`, `\\left`/`\\right`, spacing macros,
-`$` delimiters, trailing `\\text{units}` and unit words, degrees, currency `\\$` (percent signs are
-left to math-verify, which equates `50\\%` with both `50` and `0.5`), thousands separators (`1,234` and `1{,}234`; only when every group
-after the first has exactly 3 digits and there is no space, so a tuple `1, 234` is kept), `x = 3`
--> `3` when the gold is not an equation, and multiple-choice letters (`(B)`, `\\textbf{B}` -> `B`).
+Numbers (`parse_number`, `numbers_equal`): integers, decimals, `a/b`, `\\frac{a}{b}`, scientific
+notation and percents as exact `Fraction`s. Two exact values compare exactly; when either is
+written as a decimal, they are equal within a relative tolerance `DECIMAL_RTOL` (1e-6, the
+relative counterpart of math-verify's 6 decimals). Never an absolute tolerance: `1e-10` != `2e-10`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from fractions import Fraction
 
-MAX_COMPLETION_CHARS = 16_000
-MAX_ANSWER_CHARS = 512
-MAX_BOX_TRIES = 8
+DECIMAL_RTOL = Fraction(1, 10**6)
+MAGNITUDES = {
+    "hundred": 10**2, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12,
+    "quadrillion": 10**15, "dozen": 12,
+}
+# Words that are mathematics, not units: never stripped after a number, allowed inside formulas.
+MATH_WORDS = frozenset({
+    "pi", "e", "i", "squared", "cubed", "factorial", "sqrt", "frac", "infty", "infinity", "inf", "and", "or",
+    "sin", "cos", "tan", "cot", "sec", "csc", "sinh", "cosh", "tanh", "arcsin", "arccos", "arctan", "log", "ln",
+    "exp", "lim", "max", "min", "gcd", "lcm", "det", "mod", "deg", "percent", "percentage", "pct",
+    *MAGNITUDES, *(m + "s" for m in MAGNITUDES),
+})
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_ANSWER_PHRASE_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*", re.IGNORECASE)
-_SCI_RE = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})")
-_LATEX_TOKEN_RE = re.compile(r"\\[a-zA-Z]+|\\.|\S")
-_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_INT_RE = re.compile(r"-?\d{1,15}")  # <= 15 digits: exactly what math-verify's numeric compare resolves
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_CHOICE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
-_TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm)\s*\{[^{}]*\}$", re.DOTALL)
+# Words that may stand in a formula; a leftover magnitude word (`x thousand`) makes an answer text.
+_FORMULA_WORDS = MATH_WORDS - set(MAGNITUDES) - {m + "s" for m in MAGNITUDES}
+
+_LATEX_TOKEN_RE = re.compile(r"\\[a-zA-Z]+|\\.|\d(?:\s+(?=\d))?|\S")
+_SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad\b|~")  # not the `\\` of `\\ ` (a matrix row end)
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b")
+_CONSTANT_RE = re.compile(r"\\(?:mathrm|text|textrm|operatorname|mathit|rm)\s*\{\s*(e|i|\\pi)\s*\}|\{\\rm\s+(e|i)\}")
+_RELATION_MACROS = [
+    (re.compile(r"\\lt(?![a-zA-Z])"), "<"), (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
+    (re.compile(r"\\leqslant(?![a-zA-Z])|\\le(?![a-zA-Z])"), r"\\leq"),
+    (re.compile(r"\\geqslant(?![a-zA-Z])|\\ge(?![a-zA-Z])"), r"\\geq"),
+    (re.compile(r"\\ne(?![a-zA-Z])"), r"\\neq"),
+]
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|middle|big|Big|bigg|Bigg)(?![a-zA-Z])")
+_FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d)\s*(\d)")
+# Digit groups joined by thin spaces / LaTeX separators: `1\,000`, `11,\! 111`, `1 000`.
+_GROUPED_RE = re.compile(
+    r"(?<![\d.,])[1-9]\d{0,2}(?:(?:\{,\}|,\\!\s*|\\[,!;: ]\s*|~|[ \u2009\u202f])\d{3})+(?![\d]|,\d)"
+)
+_GROUP_SEP_RE = re.compile(r"\{,\}|,\\!\s*|\\[,!;: ]\s*|~|[ \u2009\u202f]")
+_PERCENT_WORD_RE = re.compile(r"\s*(?:\\(?:text|mbox|mathrm)\s*\{\s*(?:per\s?cent(?:age)?|pct)\s*\}|\bper\s?cent(?:age)?\b|\bpct\b)",
+                              re.IGNORECASE)
+_PERCENT_SIGN_RE = re.compile(r"\s*(?<!\\)%|\s+\\%")
+_MAGNITUDE_RE = re.compile(
+    r"^(-?\d+(?:\.\d+)?)((?:\s*(?:\\(?:text|mbox|mathrm|textrm)\s*\{\s*)?(?:"
+    + "|".join(MAGNITUDES) + r")s?\b\s*\}?)+)",
+    re.IGNORECASE,
+)
+_MAGNITUDE_WORD_RE = re.compile("|".join(MAGNITUDES), re.IGNORECASE)
+_TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm|textbf|textit)\s*\{([^{}]*)\}(?:\^\{?\d\}?)?$", re.DOTALL)
 _WHOLE_TEXT_RE = re.compile(r"^\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}$")
-_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]+)\s*[a-zA-Z]{2,}(?:\^?\d)?(?:\s+[a-zA-Z]{2,})?$")
+_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]+(?:\\%)?)\s*([a-zA-Z]{2,})(?:\^?\d)?(?:\s+([a-zA-Z]{2,}))?$")
+_ENDS_IN_OPERATOR_RE = re.compile(r"(?:[-+*/^_{(,=<>&|]|\\(?:cdot|times|div|pm|mp|frac|sqrt|cup|cap|setminus))\s*$")
 _EQUATION_LHS_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
-_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
-_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad\b")
-
-
-def cap_completion(completion: str) -> str:
-    """Keep the last `MAX_COMPLETION_CHARS` characters; the final answer is at the end."""
-    return completion[-MAX_COMPLETION_CHARS:] if len(completion) > MAX_COMPLETION_CHARS else completion
-
-
-def _match_braces(text: str, open_idx: int) -> int | None:
-    """Index of the `}` closing the `{` at `open_idx`, or None if unclosed. Linear, no recursion.
-
-    A backslash escapes the next character, so `\\{` / `\\}` (set braces) do not count.
-    """
-    depth, i, n = 0, open_idx, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), else None."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts[-MAX_BOX_TRIES:]):
-        j = start
-        while j < len(text) and text[j] == " ":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            end = _match_braces(text, j)
-            if end is not None:
-                return text[j + 1 : end]
-        elif j > start:  # `\boxed 5`: the next whitespace/`$`-delimited token
-            m = re.match(r"[^\s$]+", text[j:])
-            if m:
-                return m.group(0)
-    return None
-
-
-def _answer_phrase(text: str) -> str | None:
-    """The answer after the last "the answer is" / "Answer:" phrase, up to the end of its line."""
-    last = None
-    for last in _ANSWER_PHRASE_RE.finditer(text):
-        pass
-    if last is None:
-        return None
-    ans = text[last.end() : last.end() + 600].split("\n", 1)[0].strip()
-    inline = re.search(r"\$([^$]+)\$|\\\((.+?)\\\)", ans)  # prefer an inline-math span if present
-    if inline:
-        return inline.group(1) or inline.group(2)
-    ans = re.split(r"\.(?:\s|$)", ans)[0]  # cut at the end of the sentence
-    return ans.strip() or None
-
-
-def last_number(text: str) -> str | None:
-    """The last number in the text (integers, decimals, `a/b`), or None."""
-    last = None
-    for last in _NUMBER_RE.finditer(text):
-        pass
-    return last.group(0) if last else None
-
-
-def extract_answer(completion: str, *, last_number_fallback: bool = False) -> str | None:
-    """The final answer string of a completion (not normalized), or None if there is none."""
-    if not isinstance(completion, str) or not completion:
-        return None
-    text = cap_completion(completion)
-    ans = last_boxed(text)
-    if ans is None:
-        ans = _answer_phrase(text)
-    if ans is None and last_number_fallback:
-        ans = last_number(text)
-    if ans is None:
-        return None
-    ans = ans.strip()
-    return ans or None
-
-
-def canonical(ans: str, *, strip_equation: bool = True) -> str:
-    """Rewrite surface forms (see module docstring) into one canonical string. Never raises."""
-    s = ans.strip()
-    # Delimiters: $...$, \(...\), \[...\]
-    for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-            s = s[len(left) : len(s) - len(right)].strip()
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("{,}", ",")  # LaTeX thousands separator 1{,}234
-    s = _SPACING_RE.sub("", s)
-    s = _DEGREE_RE.sub("", s)
-    s = s.replace("\\$", "").strip()
-    if s.startswith("$") and not s.endswith("$"):
-        s = s[1:]  # currency: $18
-    # Trailing \text{units} (repeatedly), then a whole \text{...}
-    for _ in range(3):
-        m = _TRAILING_TEXT_RE.match(s)
-        if not m:
-            break
-        s = m.group(1).strip()
-    m = _WHOLE_TEXT_RE.match(s)
-    if m:
-        s = m.group(1).strip()
-    m = _UNIT_WORD_RE.match(s)
-    if m:
-        s = m.group(1)
-    s = s.rstrip(".").strip()
-    if strip_equation:
-        m = _EQUATION_LHS_RE.match(s)
-        if m:
-            s = s[m.end() :].strip()
-    m = _SCI_RE.fullmatch(s)
-    if m:  # 1e3 -> 1\times 10^{3} (math-verify reads `1e3` as 1*e*3)
-        s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
-    if _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
-    m = _CHOICE_RE.fullmatch(s)
-    if m:
-        s = m.group(1)
-    return s
+_SCI_RE = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,3})")
+_SCI_LATEX_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d{1,3})\s*\}?")
+_THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
+_CHOICE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
+_CHOICE_WITH_TEXT_RE = re.compile(r"^(?:\(([A-Ja-j])\)|([A-J])(?:[.:)]|\s))\s*(.*)$", re.DOTALL)
+_OPERATOR_START_RE = re.compile(r"[-+*/^=<>]|\\(?:cdot|times|div|pm|leq?|geq?)(?![a-zA-Z])")
+_OTHER_CHOICE_RE = re.compile(r"(?<![A-Za-z])\(?[A-J]\)?(?![A-Za-z])")
+_AND_OR_RE = re.compile(r"\s*\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+|,\s*(?:and|or)\s+")
+_MACRO_RE = re.compile(r"\\[a-zA-Z]+")
+_ENVIRONMENT_RE = re.compile(r"\\(?:begin|end)\s*\{[a-zA-Z*]+\}")
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox|textit)\s*\{([^{}]*)\}")
+_WORD_RE = re.compile(r"[a-zA-Z]{4,}")
+_DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)\s*/\s*([-+]?\d+)")
 
 
 def latex_tokens(s: str) -> tuple[str, ...]:
     """LaTeX tokens (macros, escaped chars, single non-space chars). Whitespace in math mode only
-    ends macro names, so equal token sequences mean the same formula: `(1, 2]` == `(1,2]`."""
-    return tuple(_LATEX_TOKEN_RE.findall(s))
+    ends macro names, so equal token sequences mean the same formula: `(1, 2]` == `(1,2]`. A space
+    between two digits is kept (a digit token `"1 "`), so `1 9 9` is not `199`."""
+    return tuple(t if not t[0].isdigit() else t[0] + (" " if len(t) > 1 else "") for t in _LATEX_TOKEN_RE.findall(s))
 
 
-def strip_percent(s: str) -> str:
-    """`12.5\\%` -> `12.5` (used only when the gold has no percent sign)."""
-    return re.sub(r"\s*\\?%$", "", s)
+def top_level_commas(s: str) -> int:
+    """Commas outside (), [], {} and \\{ \\}: `1, 2` has one, `(1, 2)` none."""
+    depth, n = 0, 0
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            n += 1
+    return n
 
 
-_DECIMAL_RE = re.compile(r"-?(?:\d{1,15}(?:\.\d{0,15})?|\.\d{1,15})")
-_FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d{1,15})\}\{(\d{1,15})\}|(-?\d{1,15})/(\d{1,15})")
+def _split_top_level(s: str) -> list[str]:
+    """`s` split at its top-level commas (items stripped); `[s]` when there are none."""
+    if top_level_commas(s) == 0:
+        return [s]
+    items, depth, cur = [], 0, []
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        if c == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+    items.append("".join(cur).strip())
+    return items
 
 
-def exact_number(s: str):
-    """`Fraction` for an integer, decimal, `a/b` or `\\frac{a}{b}` (<= 15 digits each), else None."""
-    from fractions import Fraction
+def is_list(s: str) -> bool:
+    """A comma-separated list answer (`1, 2`, `-2,1`), not a thousands number like `1,234`."""
+    return top_level_commas(s) > 0 and not _THOUSANDS_RE.fullmatch(s.strip())
 
-    if _DECIMAL_RE.fullmatch(s):
-        return Fraction(s)
-    m = _FRAC_RE.fullmatch(s)
-    if m is None:
+
+def _ungroup(m: re.Match) -> str:
+    return _GROUP_SEP_RE.sub("", m.group(0))
+
+
+def _apply_magnitude(s: str) -> str:
+    """`1.5 million dollars` -> `1500000 dollars` (exact); words after other values stay."""
+    m = _MAGNITUDE_RE.match(s)
+    if not m:
+        return s
+    value = Fraction(m.group(1))
+    for w in _MAGNITUDE_WORD_RE.findall(m.group(2)):
+        value *= MAGNITUDES[w.lower()]
+    text = str(value.numerator) if value.denominator == 1 else format_fraction(value)
+    return (text + " " + s[m.end():].strip()).strip()
+
+
+def format_fraction(v: Fraction) -> str:
+    return f"\\frac{{{v.numerator}}}{{{v.denominator}}}" if v >= 0 else f"-\\frac{{{-v.numerator}}}{{{v.denominator}}}"
+
+
+def _strip_units(s: str) -> str:
+    """Drop a trailing `\\text{unit}` / unit word after a complete value (see module docstring)."""
+    for _ in range(3):
+        m = _TRAILING_TEXT_RE.match(s)
+        if not m:
+            break
+        word = m.group(2).strip().lower()
+        rest = m.group(1).strip()
+        if (not word or word in MATH_WORDS or any(ch.isdigit() for ch in word) or _MAGNITUDE_WORD_RE.search(word)
+                or _ENDS_IN_OPERATOR_RE.search(rest)):
+            break
+        s = rest
+    m = _WHOLE_TEXT_RE.match(s)
+    if m:
+        s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
+    m = _UNIT_WORD_RE.match(s)
+    if m and not any(w and w.lower() in MATH_WORDS for w in (m.group(2), m.group(3))):
+        s = m.group(1)
+    return s
+
+
+def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False, decimal_comma: bool = False) -> str:
+    """Rewrite surface forms (see module docstring) into one canonical string. Never raises.
+
+    strip_equation: `x = 3` -> `3` (set when the gold is not an equation).
+    list_gold: the gold is a list, so commas between digits separate list items (`1,234` -> `1, 234`).
+    decimal_comma: read `0,111` / `1000,99` as decimals (set for a prediction whose gold is one value).
+    """
+    s = ans.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+            s = s[len(left) : len(s) - len(right)].strip()
+    s = s.replace("\\displaystyle", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = _LEFT_RIGHT_RE.sub("", s)
+    s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _CONSTANT_RE.sub(lambda m: "\\pi" if (m.group(1) or m.group(2)) == "\\pi" else "{" + (m.group(1) or m.group(2)) + "}", s)
+    for rx, rep in _RELATION_MACROS:
+        s = rx.sub(rep, s)
+    s = _GROUPED_RE.sub(_ungroup, s)
+    s = s.replace("{,}", ",")
+    s = _SPACING_RE.sub(" ", s)
+    s = _DEGREE_RE.sub("", s)
+    s = s.replace("\\$", "").strip()
+    if s.startswith("$") and not s.endswith("$"):
+        s = s[1:].strip()  # currency: $18
+    s = s.rstrip(".").strip()
+    if strip_equation:  # `x = 3` -> 3; in a list each item: `x = 5, x = -5` -> `5, -5`
+        items = _split_top_level(s)
+        if any(_EQUATION_LHS_RE.match(it) for it in items):
+            items = [it[m.end():].strip() if (m := _EQUATION_LHS_RE.match(it)) else it for it in items]
+            s = ", ".join(items)
+    s = _PERCENT_WORD_RE.sub("\\%", s)
+    s = _PERCENT_SIGN_RE.sub("\\%", s)
+    s = _apply_magnitude(s)
+    s = _strip_units(s)
+    s = _AND_OR_RE.sub(", ", s)
+    s = s.rstrip(".").strip()
+    m = _SCI_RE.fullmatch(s)
+    if m:  # 1e3 -> 1\times 10^{3} (latex2sympy reads `1e3` as 1*e*3)
+        s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
+    if list_gold:
+        s = re.sub(r"(?<=\d),(?=\d)", ", ", s)
+    elif _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    elif decimal_comma and _DECIMAL_COMMA_RE.fullmatch(s):
+        s = s.replace(",", ".")
+    m = _CHOICE_RE.fullmatch(s)
+    if m:
+        s = m.group(1)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def choice_letter(s: str) -> str | None:
+    """The multiple-choice letter of an answer: `B`, `(b)`, `(B) 42`, `C: the second option`.
+    None when the text after the letter names another choice (`A or B`), starts with an operator
+    (`A + 1`), or there is no letter."""
+    s = _TEXT_WRAPPER_RE.sub(r"\1", s).strip()
+    if len(s) == 1 and s.upper() in "ABCDEFGHIJ":
+        return s.upper()
+    m = _CHOICE_WITH_TEXT_RE.match(s)
+    if not m:
         return None
-    if m.group(2) is not None:
-        num, den, sign = int(m.group(2)), int(m.group(3)), -1 if m.group(1) else 1
-    else:
-        num, den, sign = int(m.group(4)), int(m.group(5)), 1
-    return None if den == 0 else sign * Fraction(num, den)
-
-
-def is_plain_int(s: str) -> bool:
-    return _INT_RE.fullmatch(s) is not None
+    letter, rest = (m.group(1) or m.group(2)).upper(), m.group(3)
+    if _OTHER_CHOICE_RE.search(rest) or _OPERATOR_START_RE.match(rest):
+        return None  # `A or B`, `A + 1`: not a letter with its option text
+    return letter
 
 
 def is_choice_letter(s: str) -> bool:
     return len(s) == 1 and "A" <= s <= "J"
 
 
-def normalize_gold(gold: str, fmt: str = "auto") -> str:
-    """The gold answer as a bare string.
+def is_text(s: str) -> bool:
+    """True for an answer written in words: a word of 4+ letters outside macro names that is not
+    a math word (`Monday`, `no solution`, `5 apples and pears`). Words are compared as words,
+    never parsed into products of one-letter symbols."""
+    bare = _MACRO_RE.sub(" ", _ENVIRONMENT_RE.sub(" ", s))
+    return any(w.lower() not in _FORMULA_WORDS for w in _WORD_RE.findall(bare))
 
-    fmt: "gsm8k" (`... #### 1,234` -> `1234`), "boxed" (a MATH solution -> content of its last
-    `\\boxed{}`), "plain" (stripped string), "auto" (gsm8k if `####` is present, else boxed if a
-    `\\boxed`/`\\fbox` is present, else plain).
-    """
-    if fmt not in ("auto", "plain", "gsm8k", "boxed"):
-        raise ValueError(f"normalize_gold: unknown fmt {fmt!r}. Fix: use one of auto, plain, gsm8k, boxed")
-    if gold is None:
-        raise ValueError("normalize_gold: gold is None. Fix: drop rows without an answer or pick the right answer column")
-    gold = str(gold)
-    if fmt == "auto":
-        fmt = "gsm8k" if "####" in gold else ("boxed" if _BOX_RE.search(gold) else "plain")
-    if fmt == "gsm8k":
-        if "####" not in gold:
-            raise ValueError(f"normalize_gold: GSM8K gold has no '####': {gold[:80]!r}. Fix: use fmt='plain'")
-        ans = gold.rsplit("####", 1)[1].strip()
-        return ans.replace(",", "") if _THOUSANDS_RE.fullmatch(ans) else ans
-    if fmt == "boxed":
-        boxed = last_boxed(gold)
-        if boxed is None:
-            raise ValueError(f"normalize_gold: no closed \\boxed{{}} in gold {gold[:80]!r}. Fix: use fmt='plain'")
-        return boxed.strip()
-    return gold.strip()
+
+def text_key(s: str) -> str:
+    """Comparison key of a text answer: lowercase words, no `\\text{}` wrappers, braces or spaces."""
+    s = re.sub(r"\\(?:text|textbf|mbox|mathrm|mathbf|textrm|textit)\s*", "", s)
+    return re.sub(r"[\s{}.,;:!?\"'`]+", " ", s).strip().lower()
+
+
+@dataclass(frozen=True)
+class Number:
+    """An exact number: `value`; `decimal` if written with a decimal point or in scientific
+    notation (compared with a relative tolerance); `percent` if written with `\\%`."""
+
+    value: Fraction
+    decimal: bool
+    percent: bool
+
+
+def parse_number(s: str) -> Number | None:
+    """`Number` of an integer, decimal, `a/b`, `\\frac{a}{b}`, `a\\times 10^{k}`, each optionally
+    followed by `\\%`; None for anything else (or a zero denominator, or |k| > 999)."""
+    s = s.strip()
+    percent = s.endswith("\\%")
+    if percent:
+        s = s[:-2].strip()
+    if _DECIMAL_RE.fullmatch(s):
+        return Number(Fraction(s), "." in s, percent)
+    m = _SCI_LATEX_RE.fullmatch(s)
+    if m:
+        return Number(Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True, percent)
+    m = _FRAC_RE.fullmatch(s)
+    if m is None:
+        return None
+    if m.group(2) is not None:
+        num, den, sign = int(m.group(2)), int(m.group(3)), -1 if m.group(1) == "-" else 1
+    else:
+        num, den, sign = int(m.group(4)), int(m.group(5)), 1
+    return None if den == 0 else Number(sign * Fraction(num, den), False, percent)
+
+
+def close(a: Fraction, b: Fraction, decimal: bool) -> bool:
+    """Exact equality, or |a - b| <= DECIMAL_RTOL * max(|a|, |b|) when a decimal is involved."""
+    if a == b:
+        return True
+    return decimal and abs(a - b) <= DECIMAL_RTOL * max(abs(a), abs(b))
+
+
+def numbers_equal(a: Number, b: Number) -> bool:
+    """Equality of two numbers. A percent on one side only is read both ways (`28\\%` equals 28
+    and 0.28); on both sides the values compare as written."""
+    decimal = a.decimal or b.decimal
+    if a.percent == b.percent:
+        return close(a.value, b.value, decimal)
+    pct, other = (a, b) if a.percent else (b, a)
+    return close(pct.value, other.value, decimal) or close(pct.value / 100, other.value, decimal)

@@ -41,6 +41,8 @@ from collections import Counter, deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from rewards.verify import verify_prepared, warm_up
+
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 60.0  # seconds for a worker to import math-verify/sympy and report ready
@@ -136,7 +138,7 @@ class _Worker:
 
 
 class VerifierPool:
-    """Score canonical (pred, gold) pairs with `rewards.math.verify_prepared` in worker processes.
+    """Score canonical (pred, gold) pairs with `rewards.verify.verify_prepared` in worker processes.
 
     Args:
         num_workers: worker processes (default `default_num_workers()`).
@@ -323,9 +325,7 @@ def _worker_main(fd: int) -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer; it closes us
     conn = Connection(fd)
-    from rewards.math import verify_prepared
-
-    verify_prepared("1/2", "0.5", 5)  # warm up math-verify/sympy before reporting ready
+    warm_up()  # math-verify/sympy imports and latex2sympy's parser caches, before reporting ready
     conn.send("ready")
     while True:
         try:

@@ -10,9 +10,11 @@ with `functools.partial` + `update_wrapper`, and `__name__` is the registry name
 `rewards/accuracy/mean` etc.
 
 `accuracy` also reports the verifier's health through TRL 1.16's `log_metric` kwarg (averaged per
-logging step across ranks): `rewards/accuracy/{timeout,no_answer,bad_gold,error}_frac` and
-`.../worker_restarts` (restarts during this batch), and, through `log_extra`, a per-completion
-`accuracy_status` column in the completions table. A gold that never parses is logged once (a
+logging step across ranks): `rewards/accuracy/{status}_frac` for every status of
+`rewards.math.STATUSES` (ok, no_answer, answer_too_long, bad_gold, timeout, error),
+`rewards/accuracy/fallback_frac` (share of answers found by the lenient fallback, not a marker)
+and `.../worker_restarts` (restarts during this batch), and, through `log_extra`, per-completion
+`accuracy_status` and `accuracy_path` columns in the completions table. A gold that never parses is logged once (a
 WARNING with its dataset row), not left scoring 0 forever in silence.
 """
 
@@ -25,8 +27,8 @@ import re
 import threading
 from typing import Any, Callable
 
-from rewards.math import DEFAULT_TIMEOUT, score_batch_detailed
-from rewards.normalize import _BOX_RE, _match_braces
+from rewards.extract import BOX_RE, EXTRACTION_MODES, check_extraction, match_braces
+from rewards.math import DEFAULT_TIMEOUT, STATUSES, score_batch_detailed
 from rewards.pool import COUNTERS
 
 logger = logging.getLogger(__name__)
@@ -71,10 +73,11 @@ def accuracy(
     *,
     answer_column: str = "answer",
     timeout: float = DEFAULT_TIMEOUT,
-    last_number_fallback: bool = False,
+    extraction: str = "lenient",
     **kwargs,
 ) -> list[float | None]:
-    """1.0 if the completion's final answer equals the gold in column `answer_column`, else 0.0."""
+    """1.0 if the completion's final answer equals the gold in column `answer_column`, else 0.0.
+    `extraction`: "lenient" (markers, then the last expression) or "strict" (markers only)."""
     if answer_column not in kwargs:
         cols = sorted(k for k in kwargs if k not in _TRL_KWARGS)
         raise ValueError(
@@ -86,9 +89,9 @@ def accuracy(
     before = COUNTERS.snapshot().get("worker_restarts", 0)
     results = score_batch_detailed(
         texts, [g if isinstance(g, str) else ("" if g is None else str(g)) for g in golds],
-        timeout=timeout, last_number_fallback=last_number_fallback,
+        timeout=timeout, extraction=extraction,
     )
-    statuses = [s for _, s in results]
+    statuses = [r.status for r in results]
     n = len(results)
     for i, st in enumerate(statuses):
         if st == "bad_gold":
@@ -103,13 +106,15 @@ def accuracy(
             )
     log_metric = kwargs.get("log_metric")
     if callable(log_metric) and n:
-        for st in ("timeout", "no_answer", "bad_gold", "error"):
+        for st in STATUSES:
             log_metric(f"rewards/accuracy/{st}_frac", statuses.count(st) / n)
+        log_metric("rewards/accuracy/fallback_frac", sum(r.path == "fallback" for r in results) / n)
         log_metric("rewards/accuracy/worker_restarts", float(COUNTERS.snapshot().get("worker_restarts", 0) - before))
     log_extra = kwargs.get("log_extra")
     if callable(log_extra):
         log_extra("accuracy_status", statuses)
-    return [s for s, _ in results]
+        log_extra("accuracy_path", [r.path or "" for r in results])
+    return [r.score for r in results]
 
 
 _THINK_RE = re.compile(r"^\s*<think>(.+?)</think>(.*)$", re.DOTALL)
@@ -119,7 +124,7 @@ _AFTER_BOX_OK = re.compile(r"[\s$.\\\])]*(?:</answer>)?\s*")
 def _single_final_box(text: str) -> bool:
     """Exactly one `\\boxed{}`/`\\fbox{}`, closed and non-empty, followed only by whitespace,
     `$`, `.`, `\\]`, `)` or a closing `</answer>`."""
-    matches = list(_BOX_RE.finditer(text))
+    matches = list(BOX_RE.finditer(text))
     if len(matches) != 1:
         return False
     j = matches[0].end()
@@ -127,7 +132,7 @@ def _single_final_box(text: str) -> bool:
         j += 1
     if j >= len(text) or text[j] != "{":
         return False
-    end = _match_braces(text, j)
+    end = match_braces(text, j)
     if end is None or not text[j + 1 : end].strip():
         return False
     return _AFTER_BOX_OK.fullmatch(text[end + 1 :]) is not None
@@ -198,7 +203,7 @@ def _options_of(fn: RewardFunc) -> set[str]:
 def get_reward_funcs(names: list[str] | str, **options) -> list[RewardFunc]:
     """Reward functions for `names`, each bound to the `options` it accepts.
 
-    Options: accuracy(answer_column="answer", timeout=5.0, last_number_fallback=False),
+    Options: accuracy(answer_column="answer", timeout=5.0, extraction="lenient"),
     format(think=False), overlong(max_completion_length, overlong_buffer=max_completion_length//4).
     Raises ValueError for an unknown name (listing the valid ones) or an option no requested
     function accepts.
@@ -214,6 +219,8 @@ def get_reward_funcs(names: list[str] | str, **options) -> list[RewardFunc]:
         raise ValueError(
             f"reward option(s) {stray} are not accepted by {list(names)}. Fix: use only {sorted(accepted)}"
         )
+    if "extraction" in options:
+        check_extraction(options["extraction"])
     funcs = []
     for name in (n.strip() for n in names):
         fn = REWARD_FUNCS[name]
@@ -224,3 +231,12 @@ def get_reward_funcs(names: list[str] | str, **options) -> list[RewardFunc]:
         wrapped.__name__ = name
         funcs.append(wrapped)
     return funcs
+
+
+def add_reward_arguments(parser) -> None:
+    """The math reward's flags, shared by every CLI that scores completions (`eval`, `cross-sample`):
+    `--extraction {lenient,strict}`. Read it back as `args.extraction`."""
+    parser.add_argument("--extraction", default="lenient", choices=EXTRACTION_MODES,
+                        help="math reward answer extraction: 'lenient' (default: \\boxed{} / 'the answer is' "
+                             "markers, else the last math expression or number) or 'strict' (markers only; "
+                             "a completion without one scores 0 as no_answer)")

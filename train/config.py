@@ -18,6 +18,7 @@ from trl import GRPOConfig
 
 from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
 from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
+from rewards.extract import EXTRACTION_MODES
 from train.weighting import RENORMALIZE_MODES, WEIGHTING_REGISTRY, WeightingParams
 
 PAPER = "arXiv 2603.22446"
@@ -178,9 +179,19 @@ class DivergenceGRPOConfig(GRPOConfig):
                           "dataset_test_split) or the path of a probe-set JSONL file (prompt_ids/completion_ids or "
                           "chat-templated prompt/completion text; e.g. an earlier run's shift_probe_set.jsonl)."},
     )
+    extraction: str = field(
+        default="lenient",
+        metadata={
+            "help": "Answer extraction of the 'accuracy' reward: 'lenient' (a \\boxed{} or 'the answer is' marker, "
+            "else the completion's last math expression or number, as math-verify) or 'strict' (markers only; "
+            "a completion without one scores 0 with status no_answer). See docs/rewards.md."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.extraction not in EXTRACTION_MODES:
+            raise ValueError(f"extraction={self.extraction!r} is unknown; set it to one of {EXTRACTION_MODES}.")
         if self.shift_probe_every_n_steps < 0:
             raise ValueError(f"shift_probe_every_n_steps={self.shift_probe_every_n_steps} must be >= 0 (0 = off).")
         if self.shift_probe_num_prompts < 1:

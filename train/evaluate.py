@@ -26,14 +26,15 @@ from pathlib import Path
 
 from diagnostics.cli_args import add_runtime_arguments, add_sampling_arguments
 from rewards.data import add_dataset_arguments
+from rewards.registry import add_reward_arguments
 
 logger = logging.getLogger(__name__)
 
 
-def _score_batch(completions: list[str], golds: list[str]) -> list[float]:
+def _score_batch(completions: list[str], golds: list[str], extraction: str = "lenient") -> list[float]:
     from rewards.math import score_batch
 
-    return list(score_batch(completions, golds))
+    return list(score_batch(completions, golds, extraction=extraction))
 
 
 def _load(model_or_path, tokenizer, *, dtype="float32", device="auto"):
@@ -87,7 +88,7 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
 
 def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int = 8, temperature: float = 1.0,
                    top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
-                   greedy: bool = False, progress: bool = True, dtype: str = "float32",
+                   greedy: bool = False, progress: bool = True, extraction: str = "lenient", dtype: str = "float32",
                    device: str | None = "auto") -> dict:
     """Sample `num_samples` completions per problem of `dataset` and score them against `answer`.
 
@@ -99,6 +100,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         temperature: sampling temperature; 0 means greedy decoding for all K samples.
         greedy: additionally decode greedily once per problem and report `greedy` accuracy.
         seed: torch seed for sampling (same seed + batch size -> same samples).
+        extraction: the reward's answer extraction, "lenient" (default) or "strict" (`rewards.math`).
         dtype, device: for a path (`diagnostics.models.load_model`); a model object is used where it is.
 
     Returns:
@@ -129,7 +131,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
     completions = _generate(model, tokenizer, texts, do_sample=temperature > 0, temperature=temperature,
                             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=f"eval: {n} problems x {k} samples", progress=progress)
-    scores = _score_batch(completions, [g for g in golds for _ in range(k)])  # (N*K,)
+    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction)  # (N*K,)
     per_problem = []
     for i, row in enumerate(rows):
         s = scores[i * k:(i + 1) * k]
@@ -143,12 +145,13 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
+        "extraction": extraction,
     }
     if greedy:
         greedy_out = _generate(model, tokenizer, prompts, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=max_new_tokens, batch_size=batch_size,
                                desc=f"eval: {n} problems greedy", progress=progress)
-        greedy_scores = _score_batch(greedy_out, golds)
+        greedy_scores = _score_batch(greedy_out, golds, extraction)
         for p, c, s in zip(per_problem, greedy_out, greedy_scores):
             p["greedy_completion"], p["greedy_score"] = c, s
         result["greedy"] = sum(greedy_scores) / n
@@ -166,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p, dataset="tiny", split="test", limit=None,
                           limit_help="number of problems (tiny: how many to generate, default 200 for test; others: "
                                      "first N rows)")
+    add_reward_arguments(p)
     p.add_argument("--num-samples", type=int, default=8, help="K samples per problem (default 8)")
     add_sampling_arguments(p, legacy_plain=True)
     p.add_argument("--greedy", action="store_true", help="also decode greedily once per problem and report it")
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = dataset_from_args(args)
     result = evaluate_model(args.model, dataset, num_samples=args.num_samples, temperature=args.sample_temperature,
                             top_p=args.sample_top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            seed=args.seed, greedy=args.greedy, progress=args.progress, dtype=args.dtype,
-                            device=args.device or "auto")
+                            seed=args.seed, greedy=args.greedy, progress=args.progress, extraction=args.extraction,
+                            dtype=args.dtype, device=args.device or "auto")
     result = {"model": str(args.model), "dataset": args.dataset, "split": args.split, **result}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,7 @@ def build_reward_funcs(script_args: GRPOScriptArguments, training_args) -> list:
     options: dict = {}
     if "accuracy" in names:
         options["timeout"] = script_args.reward_timeout
+        options["extraction"] = training_args.extraction
     if "overlong" in names:
         options["max_completion_length"] = training_args.max_completion_length
         options["overlong_buffer"] = script_args.overlong_buffer

@@ -27,4 +27,7 @@ def hostile_corpus() -> list[tuple[str, str]]:
         (r"\boxed{\frac{\frac{\frac{\frac{1}{x}}{x}}{x}}{x}" + "^{x}" * 200 + "}", "1"),
         (r"\boxed{\begin{pmatrix}" + "&".join(["x"] * 60) + r"\end{pmatrix}^{100}}", "1"),
         (r"\boxed{1}", r"\frac{" * 5000),  # hostile gold
+        ("$" * 100_000 + "5", "5"),  # lenient fallback: 100k unclosed math delimiters
+        ("\\(" * 50_000 + "1 000 " * 20_000, "1000"),  # unclosed \( and 20k spaced thousands groups
+        ("x " * 50_000 + "The answer is " + "1+" * 1000 + "1", "1"),  # a 2001-character answer: answer_too_long
     ]

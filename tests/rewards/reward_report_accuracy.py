@@ -1,7 +1,16 @@
-"""Accuracy of the project's scorer vs plain math-verify on the labelled set; writes docs/rewards.md's table.
+"""Accuracy of the project's scorer (lenient and strict extraction) vs plain math-verify on the
+labelled sets; writes the tables of docs/rewards.md.
 
-Run:  python tests/rewards/reward_report_accuracy.py            # print the markdown table
-      python tests/rewards/reward_report_accuracy.py --write    # regenerate the table inside docs/rewards.md
+Run:  python tests/rewards/reward_report_accuracy.py            # print the markdown
+      python tests/rewards/reward_report_accuracy.py --write    # regenerate the tables inside docs/rewards.md
+
+Labelled sets (one JSON object per line: id, category, completion, gold, expected, note?):
+  labelled_cases.jsonl      244 cases written with the first reward (boxed answers, normalization);
+  labelled_cases_v2.jsonl   the cases of issue 11: marker-less answers, list boxes, constants,
+                            magnitude words, tolerance, relations, intervals, matrices, percents,
+                            thousands/decimal commas, multiple choice, worked-solution golds, hedging.
+`expected` is the truth (is the completion's final answer equivalent to the gold?), the same for
+both modes: strict mode is expected to miss the marker-less ones.
 
 "Plain math-verify" is what people plug into TRL: `verify(parse(gold), parse(completion))` on the raw
 gold and the whole completion, default settings, in process.
@@ -15,13 +24,16 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-CASES_PATH = Path(__file__).with_name("labelled_cases.jsonl")
+HERE = Path(__file__).parent
+CORPORA = {"v1": HERE / "labelled_cases.jsonl", "v2": HERE / "labelled_cases_v2.jsonl"}
+CASES_PATH = CORPORA["v1"]
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
 BEGIN, END = "<!-- BEGIN accuracy table (generated) -->", "<!-- END accuracy table (generated) -->"
+SCORERS = ("lenient", "strict", "plain")
 
 
-def load_cases() -> list[dict]:
-    return [json.loads(line) for line in CASES_PATH.read_text().splitlines() if line.strip()]
+def load_cases(path: Path = CASES_PATH) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def plain_math_verify(completion: str, gold: str) -> float:
@@ -35,63 +47,81 @@ def plain_math_verify(completion: str, gold: str) -> float:
         return 0.0
 
 
-def evaluate(cases: list[dict]) -> tuple[list[float], list[float]]:
+def evaluate(cases: list[dict], plain: bool = True) -> dict[str, list[float]]:
+    """Scores per scorer: lenient and strict through `score_batch` (the pool path of training),
+    plain math-verify in process (skipped with plain=False)."""
     from rewards.math import score_batch
 
-    ours = score_batch([c["completion"] for c in cases], [c["gold"] for c in cases])
-    plain = [plain_math_verify(c["completion"], c["gold"]) for c in cases]
-    return ours, plain
+    comps, golds = [c["completion"] for c in cases], [c["gold"] for c in cases]
+    out = {m: score_batch(comps, golds, extraction=m, timeout=10.0) for m in ("lenient", "strict")}
+    if plain:
+        out["plain"] = [plain_math_verify(c, g) for c, g in zip(comps, golds)]
+    return out
 
 
-def markdown(cases: list[dict], ours: list[float], plain: list[float]) -> str:
+def counts(cases: list[dict], res: list[float]) -> dict[str, int]:
+    return {
+        "correct": sum(r == c["expected"] for c, r in zip(cases, res)),
+        "fn": sum(r == 0.0 and c["expected"] == 1.0 for c, r in zip(cases, res)),
+        "fp": sum(r == 1.0 and c["expected"] == 0.0 for c, r in zip(cases, res)),
+    }
+
+
+def _cell(s: str, n: int) -> str:
+    return "`" + s.replace("|", "\\|").replace("\n", "\\n").replace("`", "'")[:n] + "`"
+
+
+def markdown(name: str, path: Path, cases: list[dict], scores: dict[str, list[float]]) -> str:
     n = len(cases)
-    acc_o = sum(o == c["expected"] for c, o in zip(cases, ours)) / n
-    acc_p = sum(p == c["expected"] for c, p in zip(cases, plain)) / n
     lines = [
-        f"Labelled set: {n} cases (`tests/rewards/labelled_cases.jsonl`), "
-        f"{sum(c['expected'] == 1.0 for c in cases)} equivalent / {sum(c['expected'] == 0.0 for c in cases)} not.",
+        f"**{name}**: {n} cases (`tests/rewards/{path.name}`), {sum(c['expected'] == 1.0 for c in cases)} equivalent / "
+        f"{sum(c['expected'] == 0.0 for c in cases)} not.",
         "",
         "| scorer | accuracy | false negatives | false positives |",
         "|---|---|---|---|",
     ]
-    for name, res, acc in (("rewards.math.score_batch", ours, acc_o), ("plain math-verify", plain, acc_p)):
-        fn = sum(r == 0.0 and c["expected"] == 1.0 for c, r in zip(cases, res))
-        fp = sum(r == 1.0 and c["expected"] == 0.0 for c, r in zip(cases, res))
-        lines.append(f"| {name} | {acc:.1%} ({round(acc * n)}/{n}) | {fn} | {fp} |")
-    per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for c, o, p in zip(cases, ours, plain):
-        per_cat[c["category"]][0] += 1
-        per_cat[c["category"]][1] += o == c["expected"]
-        per_cat[c["category"]][2] += p == c["expected"]
-    lines += ["", "| category | cases | ours correct | plain correct |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v[0]} | {v[1]} | {v[2]} |" for k, v in sorted(per_cat.items())]
-    lines += ["", "Every case where the two scorers differ, or where ours is wrong:", "",
-              "| id | category | completion | gold | expected | ours | plain |", "|---|---|---|---|---|---|---|"]
-    for c, o, p in zip(cases, ours, plain):
-        if o != p or o != c["expected"]:
-            comp = c["completion"].replace("|", "\\|").replace("\n", " ")
-            gold = c["gold"].replace("|", "\\|").replace("\n", " ")
-            lines.append(
-                f"| {c['id']} | {c['category']} | `{comp[:70]}` | `{gold[:50]}` | {c['expected']:.0f} | {o:.0f} | {p:.0f} |"
-            )
+    label = {"lenient": "ours, `extraction=\"lenient\"` (default)", "strict": "ours, `extraction=\"strict\"`",
+             "plain": "plain math-verify"}
+    for m in SCORERS:
+        k = counts(cases, scores[m])
+        lines.append(f"| {label[m]} | {k['correct'] / n:.1%} ({k['correct']}/{n}) | {k['fn']} | {k['fp']} |")
+    per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for i, c in enumerate(cases):
+        row = per_cat[c["category"]]
+        row[0] += 1
+        for j, m in enumerate(SCORERS, start=1):
+            row[j] += scores[m][i] == c["expected"]
+    lines += ["", "| category | cases | lenient correct | strict correct | plain correct |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v[0]} | {v[1]} | {v[2]} | {v[3]} |" for k, v in sorted(per_cat.items())]
+    lines += ["", "Every case where lenient and plain math-verify differ, or where lenient is wrong "
+              "(strict differs from lenient exactly on the marker-less answers, see below):", "",
+              "| id | category | completion | gold | expected | lenient | strict | plain |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, c in enumerate(cases):
+        le, st, pl = scores["lenient"][i], scores["strict"][i], scores["plain"][i]
+        if le != pl or le != c["expected"]:
+            lines.append(f"| {c['id']} | {c['category']} | {_cell(c['completion'][-70:], 70)} | {_cell(c['gold'][-50:], 50)} | "
+                         f"{c['expected']:.0f} | {le:.0f} | {st:.0f} | {pl:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help=f"replace the generated table in {DOC_PATH}")
+    parser.add_argument("--write", action="store_true", help=f"replace the generated tables in {DOC_PATH}")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # math-verify warns per unparseable string
-    cases = load_cases()
-    ours, plain = evaluate(cases)
-    table = markdown(cases, ours, plain)
+    parts = []
+    for name, path in CORPORA.items():
+        cases = load_cases(path)
+        parts.append(markdown(name, path, cases, evaluate(cases)))
+    table = "\n".join(parts)
     if args.write:
         text = DOC_PATH.read_text()
         if BEGIN not in text or END not in text:
             raise SystemExit(f"report_accuracy: error: {DOC_PATH} lacks the {BEGIN} / {END} markers. Fix: add them")
         head, rest = text.split(BEGIN, 1)
         DOC_PATH.write_text(head + BEGIN + "\n" + table + END + rest.split(END, 1)[1])
-        print(f"wrote the table into {DOC_PATH}")
+        print(f"wrote the tables into {DOC_PATH}")
     else:
         print(table)
     return 0

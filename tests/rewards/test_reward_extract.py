@@ -18,11 +18,20 @@ from rewards.normalize import canonical, latex_tokens
         (r"a \boxed{1} b \boxed{2}", "2"),  # last box
         (r"\boxed{4} then \boxed{5", "4"),  # unclosed last box -> previous well-formed one
         (r"\fbox{7}", "7"),
-        (r"\boxed 7.", "7."),
+        (r"\boxed 7.", "7"),
+        (r"So $\boxed5$", "5"),
+        (r"$\boxed{1}$ and $\boxed{-2}$", "1, -2"),  # adjacent boxes form a list
+        (r"\boxed{60} then 60+5=65 so \boxed{65}", "65"),  # text between: the last box alone
+        (r"\boxed{5}\n\nFinal: \boxed{5}", "5"),
         (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped set braces do not close the box
         ("The answer is 8. Wait. The answer is 9.", "9"),
         ("Final answer: $\\frac{1}{2}$.", r"\frac{1}{2}"),
-        ("no answer here 42", None),
+        ("**Answer: D**", "D"),
+        ("The answer is 13, because 6+7=13.", "13"),
+        ("no marker here 42", "42"),  # lenient fallback: the last number
+        (r"we get $x \lt 3$.", r"x \lt 3"),  # lenient fallback: the last math block
+        ("so 28 percent", "28 percent"),
+        (r"\boxed{} and then 7", None),  # an empty marker is not rescued by the fallback
         ("", None),
     ],
 )
@@ -30,9 +39,12 @@ def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
 
 
-def test_last_number_fallback_is_opt_in():
-    assert extract_answer("so we get 3/4 then 12") is None
-    assert extract_answer("so we get 3/4 then 12", last_number_fallback=True) == "12"
+def test_strict_extraction_reads_markers_only():
+    assert extract_answer("so we get 3/4 then 12", extraction="strict") is None
+    assert extract_answer("so we get 3/4 then 12") == "12"
+    assert extract_answer(r"Answer: $\frac{1}{2}$", extraction="strict") == r"\frac{1}{2}"
+    with pytest.raises(ValueError, match="lenient"):
+        extract_answer("1", extraction="loose")
 
 
 @pytest.mark.parametrize(
@@ -64,6 +76,14 @@ def test_normalize_gold_errors_name_the_fix():
         (r"1{,}234", "1234"),
         ("1,234,567", "1234567"),
         ("1, 234", "1, 234"),  # a list, not a thousands separator
+        (r"11,\! 111,\! 111,\! 100", "11111111100"),
+        (r"1\,000", "1000"),
+        ("1 000 000", "1000000"),
+        ("1.5 million", "1500000"),
+        (r"5\text{ thousand}", "5000"),
+        ("28 percent", r"28\%"),
+        (r"3 + \mathrm{i}", "3 + {i}"),  # a constant, never a unit
+        (r"\frac{1}{\mathrm{e}}", r"\frac{1}{{e}}"),
         (r"5 \text{ cm}", "5"),
         (r"90^{\circ}", "90"),
         (r"\$18", "18"),

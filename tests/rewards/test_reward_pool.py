@@ -36,9 +36,9 @@ def test_hostile_corpus_never_raises_and_respects_the_budget(pool):
     results = score_batch_detailed([c for c, _ in pairs], [g for _, g in pairs], timeout=TIMEOUT, pool=pool)
     wall = time.monotonic() - t0
     assert len(results) == len(pairs)
-    assert all(s in (0.0, 1.0) for s, _ in results)
+    assert all(r.score in (0.0, 1.0) for r in results)
     assert results[0][0] == 1.0  # the answer at the end of a 1 MB completion is found
-    assert results[1] in ((0.0, "no_answer"), (0.0, "answer_too_long"))  # cut by the size caps
+    assert results[1][:2] in ((0.0, "no_answer"), (0.0, "answer_too_long"))  # cut by the size caps
     # Per-item latency never exceeds the timeout by more than the slack.
     assert max(pool.last_latencies, default=0.0) <= TIMEOUT + SLACK
     # Whole batch: at worst every pool item times out, 2 at a time, plus worker restarts (~2 s each).
@@ -57,8 +57,8 @@ def test_timeout_kills_and_replaces_worker_and_is_counted(pool):
     finally:
         pool.timeout = TIMEOUT
     after = COUNTERS.snapshot()
-    assert res[0] == (0.0, "timeout")
-    assert res[1] == (1.0, "ok")  # decided by the integer fast path, unaffected
+    assert res[0][:2] == (0.0, "timeout")
+    assert res[1][:2] == (1.0, "ok")  # decided by the integer fast path, unaffected
     assert after.get("timeout", 0) - before.get("timeout", 0) == 1
     assert after.get("worker_restarts", 0) - before.get("worker_restarts", 0) == 1
     assert wall < 0.5 + SLACK
@@ -76,7 +76,7 @@ def test_dead_worker_is_replaced(pool):
         w.proc.wait()
     res = score_batch_detailed(SQRT_COMPS, [SQRT_GOLD] * 3, pool=pool, use_cache=False)
     # Items sent to a dead worker score 0.0 with status "error" (counted); the rest go to replacements.
-    assert all(st in ("ok", "error") for _, st in res)
+    assert all(r.status in ("ok", "error") for r in res)
     assert res[2][0] == 0.0
     assert pool.wait_ready(120)
     pool.timeout = 20.0  # fresh workers have cold sympy caches; on a loaded box the first calls take seconds

@@ -36,7 +36,10 @@ def test_accuracy_strings_conversational_and_metrics():
     assert out == [1.0, 1.0, 0.0, 0.0]
     assert metrics["rewards/accuracy/no_answer_frac"] == 0.25  # 1 of 4 has no final answer
     assert metrics["rewards/accuracy/timeout_frac"] == 0.0
+    assert metrics["rewards/accuracy/answer_too_long_frac"] == 0.0
+    assert metrics["rewards/accuracy/fallback_frac"] == 0.0  # all three answers carry a marker
     assert extra["accuracy_status"] == ["ok", "ok", "ok", "no_answer"]
+    assert extra["accuracy_path"] == ["marker", "marker", "marker", ""]
 
 
 def test_accuracy_missing_column_names_the_fix():
@@ -74,3 +77,31 @@ def test_overlong_matches_dapo_formula():
     # |y|=11 > L_max -> -1.
     ids = [[0] * n for n in (5, 6, 8, 10, 11)]
     assert ov(["x"] * 5, completion_ids=ids) == [0.0, 0.0, -0.5, -1.0, -1.0]
+
+
+def test_accuracy_extraction_modes_and_fallback_metric():
+    (lenient,) = get_reward_funcs(["accuracy"])
+    (strict,) = get_reward_funcs(["accuracy"], extraction="strict")
+    completions = [r"\boxed{4}", "so the total is 4", r"\boxed{" + "1+" * 600 + "1}", "no number"]
+    for fn, expected, fallback in ((lenient, [1.0, 1.0, 0.0, 0.0], 0.25), (strict, [1.0, 0.0, 0.0, 0.0], 0.0)):
+        metrics, extra = {}, {}
+        out = fn(completions=completions, answer=["4"] * 4, log_metric=metrics.__setitem__, log_extra=extra.__setitem__)
+        assert out == expected
+        assert metrics["rewards/accuracy/fallback_frac"] == fallback  # lenient: 1 of 4 found by the fallback
+        assert metrics["rewards/accuracy/answer_too_long_frac"] == 0.25  # the 1201-character box
+        assert set(extra) == {"accuracy_status", "accuracy_path"}
+    with pytest.raises(ValueError, match="extraction='loose'"):
+        get_reward_funcs(["accuracy"], extraction="loose")
+
+
+def test_add_reward_arguments():
+    import argparse
+
+    from rewards.registry import add_reward_arguments
+
+    parser = argparse.ArgumentParser()
+    add_reward_arguments(parser)
+    assert parser.parse_args([]).extraction == "lenient"
+    assert parser.parse_args(["--extraction", "strict"]).extraction == "strict"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--extraction", "loose"])

@@ -54,6 +54,7 @@ def test_defaults_resolve_measure():
         ({"weighting_min": 2.0, "weighting_max": 1.0}, r"weighting_min=2.0 > weighting_max=1.0"),
         ({"base_model_dtype": "int8"}, r"base_model_dtype='int8'"),
         ({"divergence_chunk_size": 0}, r"divergence_chunk_size=0"),
+        ({"extraction": "loose"}, r"extraction='loose' is unknown; set it to one of \('lenient', 'strict'\)"),
     ],
 )
 def test_bad_settings_fail_with_the_setting_named(kwargs, pattern):

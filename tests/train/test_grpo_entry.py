@@ -50,6 +50,17 @@ def test_tiny_recipe_parses_to_the_documented_setup():
     assert baseline.weighting == "none"
 
 
+@pytest.mark.parametrize("mode", ["lenient", "strict"])
+def test_extraction_reaches_the_accuracy_reward(mode):
+    script_args, cfg, _ = grpo.parse_args(
+        ["--config", str(REPO / "train/recipes/tiny_grpo.yaml"), "--extraction", mode])
+    assert cfg.extraction == mode
+    (acc,) = grpo.build_reward_funcs(script_args, cfg)
+    assert acc.keywords["extraction"] == mode
+    # A marker-less completion: lenient reads its last number, strict scores it no_answer.
+    assert acc(completions=["so 2+3 = 5"], answer=["5"]) == [1.0 if mode == "lenient" else 0.0]
+
+
 @pytest.mark.parametrize("name", ["qwen2.5-math-1.5b_grpo.yaml", "qwen2.5-7b_zero3.yaml"])
 def test_gpu_recipes_parse(name):
     # bf16 needs a GPU; everything else is validated as on the cluster.

@@ -1,0 +1,335 @@
+"""Where the final answer is: the extraction order for completions and golds (pure Python, no sympy).
+
+Runs in the calling process before anything reaches the verifier pool, so every step is
+linear-time and bounded on hostile input: a completion is cut to its last `MAX_COMPLETION_CHARS`
+characters first (answers sit at the end), at most `MAX_BOX_TRIES` `\\boxed` openings are
+brace-matched (from the last one backwards), math blocks are found by one left-to-right scan.
+
+Extraction order (`extract`), the same in both modes up to step 3:
+
+1. **Boxes** (marker): the last well-formed `\\boxed{...}` / `\\fbox{...}` (nested braces, `\\{ \\}`
+   set braces), or the brace-less `\\boxed 5` / `\\boxed5` (the next whitespace- or `$`-delimited
+   token). Boxes that follow each other with only separators between them (spaces, `$`, `,`, `;`,
+   "and", "or", `\\quad`) form one list answer: `$\\boxed{1}$ and $\\boxed{-2}$` -> `1, -2`
+   (identical repeats collapse: `\\boxed{5} ... \\boxed{5}` adjacent -> `5`). A box separated from
+   the previous one by other text stands alone: `\\boxed{60} ... so \\boxed{65}` -> `65`.
+2. **Answer phrases** (marker): the last "final answer is/:", "the answer is", "Answer:" (markdown
+   `**`/`__` emphasis removed first, so `**Answer: D**` and `Answer: **42**` work). What follows, to
+   the end of its line: a leading math block (`$...$`, `\\(...\\)`, `\\[...\\]`, up to three filler
+   words before it) is the answer; otherwise the text up to the end of the sentence or the start of
+   an explanation (`, because`, ` since`, `; `, ...): `The answer is 13, because 6+7=13.` -> `13`.
+3. A completion with a marker is judged on it, even when the marker is empty or malformed
+   (`\\boxed{}`, an unclosed `\\boxed{`): the fallback never rescues an answer the model did mark.
+4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
+   completion, as math-verify does: whichever ends later of the last math block and the last
+   number after it. Math blocks joined only by separators form a list, as boxes do
+   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
+   comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
+   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped.
+
+`strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
+
+Golds (`normalize_gold`): GSM8K `... #### 42`; a `\\boxed` solution -> its boxed answer (boxes form
+a list as above; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
+solution without a box (prose: an answer phrase, a line break or a sentence) -> the same
+markers-then-fallback extraction; else the stripped string. No fixed length cut: a gold answer
+is refused only past `MAX_GOLD_CHARS` (4096), a hostile-input guard.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_COMPLETION_CHARS = 16_000
+MAX_ANSWER_CHARS = 1_024  # an extracted completion answer longer than this is `answer_too_long`
+MAX_GOLD_CHARS = 4_096  # a gold answer (not a worked solution) longer than this is `bad_gold`
+MAX_BOX_TRIES = 8
+
+EXTRACTION_MODES = ("lenient", "strict")
+MARKER, FALLBACK = "marker", "fallback"
+
+BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+# Between two boxes that form one list answer: only these separators.
+_BOX_GAP_RE = re.compile(
+    r"(?:\s|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
+)
+_ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ \t]*", re.IGNORECASE)
+_EMPHASIS_RE = re.compile(r"\*\*|__")
+_EXPLANATION_RE = re.compile(
+    r"(?<=\S)(?:\.(?=\s|$)|;|,?\s+(?:because|since|as|which|where|so|given|from|due|hence|thus|therefore|"
+    r"when|if|but|with|by|for|i\.e\.|e\.g\.)\b|,\s+(?:the|this|that|we|it)\b)",
+    re.IGNORECASE,
+)
+_FILLER_BEFORE_MATH_RE = re.compile(r"(?:[A-Za-z]+[ \t]+){0,3}")
+_MAGNITUDE_WORDS = r"hundred|thousand|million|billion|trillion|quadrillion|dozen"
+# The fallback's numbers: thousands groups (`1,234`, `1 000`, `1{,}000`, `1\,000`), decimals,
+# a/b, then an optional percent and magnitude words, which are part of the value.
+_FALLBACK_NUMBER_RE = re.compile(
+    r"(?<![\w.])-?(?:(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+|,\d+(?![\d,]))?"
+    r"|\.\d+)(?:\s*/\s*\d+)?"
+    r"(?:\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b))?"
+    rf"(?:\s+(?:{_MAGNITUDE_WORDS})s?\b)*",
+    re.IGNORECASE,
+)
+_PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b)", re.IGNORECASE)
+_GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """An extraction: `answer` (None when nothing was extracted) and which `path` decided it:
+    "marker" (a box or an answer phrase), "fallback" (lenient mode's last expression), or None."""
+
+    answer: str | None
+    path: str | None
+
+
+def check_extraction(extraction: str) -> str:
+    """`extraction` if it is a known mode, else ValueError naming the fix."""
+    if extraction not in EXTRACTION_MODES:
+        raise ValueError(f"extraction={extraction!r} is not a mode. Fix: pass one of {EXTRACTION_MODES}")
+    return extraction
+
+
+def cap_completion(completion: str) -> str:
+    """Keep the last `MAX_COMPLETION_CHARS` characters; the final answer is at the end."""
+    return completion[-MAX_COMPLETION_CHARS:] if len(completion) > MAX_COMPLETION_CHARS else completion
+
+
+def match_braces(text: str, open_idx: int) -> int | None:
+    """Index of the `}` closing the `{` at `open_idx`, or None if unclosed. Linear, no recursion.
+
+    A backslash escapes the next character, so `\\{` / `\\}` (set braces) do not count.
+    """
+    depth, i, n = 0, open_idx, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the well-formed boxes among the last `MAX_BOX_TRIES` openings,
+    in text order. `\\boxed 5` / `\\boxed5` take the next whitespace/`$`-delimited token."""
+    out = []
+    starts = [m for m in BOX_RE.finditer(text)][-MAX_BOX_TRIES:]
+    for m in starts:
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            end = match_braces(text, j)
+            if end is not None:
+                out.append((m.start(), end + 1, text[j + 1 : end]))
+        else:
+            tok = re.match(r"[^\s$]+", text[j : j + MAX_ANSWER_CHARS + 1])
+            if tok:
+                out.append((m.start(), j + tok.end(), tok.group(0).rstrip(".,;:")))
+    # A box opened inside the previous box (`\boxed{\boxed{3}}`) replaces it: the innermost wins.
+    kept: list[tuple[int, int, str]] = []
+    for b in out:
+        if kept and b[0] < kept[-1][1]:
+            kept[-1] = b
+        else:
+            kept.append(b)
+    return kept
+
+
+def last_boxed(text: str) -> str | None:
+    """The boxed answer of `text` (the last box, or the list formed by adjacent boxes), else None.
+    An empty final box gives ""."""
+    found = boxes(text)
+    if not found:
+        return None
+    group = [found[-1]]
+    for b in reversed(found[:-1]):
+        if _BOX_GAP_RE.fullmatch(text[b[1] : group[0][0]]) is None:
+            break
+        group.insert(0, b)
+    contents: list[str] = []
+    for _, _, c in group:
+        c = c.strip()
+        if c and c not in contents:
+            contents.append(c)
+    return ", ".join(contents)
+
+
+def math_blocks(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of `$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]` blocks, left to right.
+    One scan; an opener without a closer is skipped (later ones of its kind cannot close either).
+    Inline `$...$` does not span lines; `\\$` is a literal dollar."""
+    out, i, n = [], 0, len(text)
+    unclosed: set[str] = set()
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            nx = text[i + 1] if i + 1 < n else ""
+            if nx in ("(", "[") and nx not in unclosed:
+                close = "\\)" if nx == "(" else "\\]"
+                j = text.find(close, i + 2)
+                if j >= 0:
+                    out.append((i, j + 2, text[i + 2 : j]))
+                    i = j + 2
+                    continue
+                unclosed.add(nx)
+            i += 2
+            continue
+        if c == "$":
+            if text.startswith("$$", i):
+                j = text.find("$$", i + 2) if "$$" not in unclosed else -1
+                if j >= 0:
+                    out.append((i, j + 2, text[i + 2 : j]))
+                    i = j + 2
+                    continue
+                unclosed.add("$$")
+                i += 2
+                continue
+            j = i + 1
+            while j < n and text[j] not in "$\n":
+                j += 2 if text[j] == "\\" else 1
+            if j < n and text[j] == "$" and j > i + 1:
+                out.append((i, j + 1, text[i + 1 : j]))
+                i = j + 1
+                continue
+            i = j if j > i + 1 else i + 1
+            continue
+        i += 1
+    return out
+
+
+def _with_percent(text: str, end: int, content: str) -> str:
+    """`$28$ %` / `$28$ percent`: a percent sign right after a math block belongs to it."""
+    m = _PERCENT_AFTER_RE.match(text, end)
+    return content.strip() + "\\%" if m and not content.rstrip().endswith("%") else content.strip()
+
+
+def _answer_phrase(text: str) -> str | None:
+    """The answer after the last answer phrase (see module docstring), "" if it is empty, None if
+    there is no phrase."""
+    text = _EMPHASIS_RE.sub("", text)
+    last = None
+    for last in _ANSWER_PHRASE_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    line = text[last.end() : last.end() + 2 * MAX_ANSWER_CHARS].split("\n", 1)[0]
+    line = line.strip().lstrip(":").strip()
+    lead = _FILLER_BEFORE_MATH_RE.match(line)
+    rest = line[lead.end() :] if lead else line
+    if rest.startswith(("$", "\\(", "\\[")):
+        blocks = math_blocks(rest)
+        if blocks and blocks[0][0] == 0:
+            return _with_percent(rest, blocks[0][1], blocks[0][2])
+    m = _EXPLANATION_RE.search(line)
+    ans = line[: m.start()] if m else line
+    return ans.strip().rstrip(".,;:!").strip()
+
+
+def _fallback(text: str) -> str | None:
+    """Lenient fallback: the last math block or the last number after it, whichever ends later."""
+    blocks = math_blocks(text)
+    tail_start = blocks[-1][1] if blocks else 0
+    last = None
+    for last in _FALLBACK_NUMBER_RE.finditer(text, tail_start):
+        pass
+    if last is not None:
+        return last.group(0).strip()
+    group: list[tuple[int, int, str]] = []
+    for b in reversed(blocks):
+        if not b[2].strip():
+            continue
+        if group and _BOX_GAP_RE.fullmatch(text[b[1] : group[0][0]]) is None:
+            break
+        group.insert(0, b)
+    if not group:
+        return None
+    items = [_with_percent(text, end, content) for _, end, content in group]
+    return ", ".join(dict.fromkeys(items))  # blocks joined only by `,`/and/or form a list
+
+
+def extract(completion: str, extraction: str = "lenient") -> Extracted:
+    """The final answer of a completion (not normalized) and the path that found it; see the
+    module docstring for the order. Never raises on content; ValueError for an unknown mode."""
+    check_extraction(extraction)
+    if not isinstance(completion, str) or not completion:
+        return Extracted(None, None)
+    text = cap_completion(completion)
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return Extracted(boxed or None, MARKER)
+    phrase = _answer_phrase(text)
+    if phrase is not None:
+        return Extracted(phrase or None, MARKER)
+    if BOX_RE.search(text):  # only unclosed/malformed boxes: marked, but nothing to read
+        return Extracted(None, MARKER)
+    if extraction == "strict":
+        return Extracted(None, None)
+    ans = _fallback(text)
+    return Extracted(ans, FALLBACK if ans else None)
+
+
+def extract_answer(completion: str, *, extraction: str = "lenient") -> str | None:
+    """The final answer string of a completion (not normalized), or None if there is none."""
+    return extract(completion, extraction).answer
+
+
+def is_worked_solution(gold: str) -> bool:
+    """A gold that reads as prose rather than an answer: an answer phrase, a line break, or a
+    sentence (>= 3 words of 3+ letters outside LaTeX macros and `\\text{}`, and a sentence-ending
+    period). `all real numbers except 2` is an answer; `Each box holds 6, so there are 18.` is prose.
+    Pass gold_format="plain" to keep a gold verbatim."""
+    if "\n" in gold.strip() or _ANSWER_PHRASE_RE.search(gold):
+        return True
+    bare = re.sub(r"\\(?:text|mbox|textrm|mathrm|textbf|operatorname)\s*\{[^{}]*\}", " ", gold[:MAX_GOLD_CHARS])
+    words = len(_PROSE_WORD_RE.findall(bare))
+    return words >= 3 and bool(re.search(r"\.(?:\s|$)", gold.strip()))
+
+
+def normalize_gold(gold: str, fmt: str = "auto") -> str:
+    """The gold answer as a bare string.
+
+    fmt: "gsm8k" (`... #### 1,234` -> `1234`), "boxed" (a MATH solution -> its boxed answer),
+    "plain" (stripped string), "auto" (gsm8k if `####` is present, else boxed if a `\\boxed`/`\\fbox`
+    is present, else the final answer of a worked solution (see `is_worked_solution`; markers,
+    then the last expression), else plain).
+
+    Raises ValueError (naming the fix) for an unknown fmt, a None gold, a GSM8K gold without
+    `####`, a boxed gold without a closed box, or a worked solution with no extractable answer.
+    """
+    if fmt not in ("auto", "plain", "gsm8k", "boxed"):
+        raise ValueError(f"normalize_gold: unknown fmt {fmt!r}. Fix: use one of auto, plain, gsm8k, boxed")
+    if gold is None:
+        raise ValueError("normalize_gold: gold is None. Fix: drop rows without an answer or pick the right answer column")
+    gold = str(gold)
+    if fmt == "auto":
+        if "####" in gold:
+            fmt = "gsm8k"
+        elif BOX_RE.search(gold):
+            fmt = "boxed"
+        else:
+            ans = extract(gold, "lenient").answer if is_worked_solution(gold) else None
+            if ans:  # a worked solution: its final answer; prose without one stays as written
+                return ans.strip()
+            fmt = "plain"
+    if fmt == "gsm8k":
+        if "####" not in gold:
+            raise ValueError(f"normalize_gold: GSM8K gold has no '####': {gold[:80]!r}. Fix: use fmt='plain'")
+        ans = gold.rsplit("####", 1)[1].strip()
+        return ans.replace(",", "") if _GSM8K_THOUSANDS_RE.fullmatch(ans) else ans
+    if fmt == "boxed":
+        boxed = last_boxed(gold)
+        if not boxed:
+            raise ValueError(f"normalize_gold: no closed, non-empty \\boxed{{}} in gold {gold[:80]!r}. Fix: use fmt='plain'")
+        return boxed.strip()
+    return gold.strip()
