@@ -87,7 +87,8 @@ def snapshot_model(model) -> torch.nn.Module:
         raise ValueError("base_model=None cannot snapshot a PEFT model (the adapters are the trained part). Fix: pass "
                          "base_model=PATH of the model the adapters were added to")
     param = next(model.parameters())
-    copy = type(model)(model.config)
+    with torch.random.fork_rng(devices=[]):  # the throw-away random init must not move the run's RNG stream
+        copy = type(model)(model.config)
     copy.to(dtype=param.dtype)
     if _is_zero3(model):
         import deepspeed  # `deepspeed.zero` is an attribute, not an importable submodule

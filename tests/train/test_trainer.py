@@ -223,6 +223,27 @@ def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_
     assert not torch.equal(tr.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
 
 
+@pytest.mark.parametrize("base", ["trainer", "snapshot"])
+def test_probe_callback_leaves_training_unchanged(base, tiny_tokenizer, prompts, tmp_path):
+    """Shift monitoring only observes: the same run with and without the probe callback ends with bitwise equal
+    weights and the same shift/ metrics (probe sampling and the base snapshot's throw-away init fork the RNG; its
+    forwards run under no_grad). 'trainer': the trainer's frozen base (the config route, train/grpo.py)."""
+    runs = []
+    for probe_on in (False, True):
+        model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
+        tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path / f"{base}{probe_on}", weighting="sigmoid",
+                        weighting_alpha=200.0)
+        if probe_on:
+            ShiftDiagnosticsCallback(list(prompts["prompt"][:2]), every_n_steps=1, evaluate_on_save=False,
+                                     probe_generation={"max_new_tokens": 6}).attach(tr, base_from_trainer=base == "trainer")
+        tr.train()
+        shift = {k: v for h in tr.state.log_history for k, v in h.items() if k.startswith("shift/")}
+        runs.append(({n: p.detach().clone() for n, p in tr.model.named_parameters()}, shift))
+    (w_off, s_off), (w_on, s_on) = runs
+    assert all(torch.equal(w_off[n], w_on[n]) for n in w_off)
+    assert s_off == s_on and s_off  # TRL logs undefined values as None, so plain equality
+
+
 def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_path):
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, divergence_source="old", num_iterations=2,
