@@ -234,8 +234,9 @@ def test_probe_callback_leaves_training_unchanged(base, tiny_tokenizer, prompts,
         tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path / f"{base}{probe_on}", weighting="sigmoid",
                         weighting_alpha=200.0)
         if probe_on:
-            ShiftDiagnosticsCallback(list(prompts["prompt"][:2]), every_n_steps=1, evaluate_on_save=False,
-                                     probe_generation={"max_new_tokens": 6}).attach(tr, base_from_trainer=base == "trainer")
+            cb = ShiftDiagnosticsCallback(list(prompts["prompt"][:2]), every_n_steps=1, evaluate_on_save=False,
+                                          probe_generation={"max_new_tokens": 6})
+            cb.attach(tr, base_from_trainer=base == "trainer")
         tr.train()
         shift = {k: v for h in tr.state.log_history for k, v in h.items() if k.startswith("shift/")}
         runs.append(({n: p.detach().clone() for n, p in tr.model.named_parameters()}, shift))
