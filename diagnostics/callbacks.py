@@ -11,7 +11,8 @@ Every `every_n_steps` optimizer steps and at every checkpoint save, the callback
 base and the current policy on the probe set (`diagnostics.shift.analyze`), summarises the table
 (`diagnostics.summary.summarize`) and
 
-- logs the scalars (`scalar_metrics`, prefix `shift_probe/`) through `trainer.log`, so every
+- logs the scalars (`scalar_metrics`, prefix `shift_probe/`; the keys of `diagnostics.shift_stats`,
+  so `shift_probe/js_p99` and the trainer's `shift/js_p99` are one quantity) through `trainer.log`, so every
   `report_to` backend and `trainer.state.log_history` get them;
 - when wandb is active (`wandb.run is not None`, rank 0) also logs a `wandb.Histogram` of the
   per-token JS and a `wandb.Table` of the most divergent tokens with their context;
@@ -39,8 +40,9 @@ The base model is
   (the resumed policy is no longer the base).
 
 Departures / choices: the probe set is built from base samples by default (no on-policy bias);
-undefined metrics (NaN, e.g. reallocation shares with no high-JS token) are left out of
-`trainer.log` (some JSON loggers reject NaN) but kept, as null, in the JSONL record.
+undefined metrics (NaN, e.g. reallocation shares with no high-JS token) are logged as NaN, like the
+trainer's `shift/*` (the same key set at every evaluation, the same names as `shift/*`:
+`diagnostics.shift_stats`), and kept as null in the JSONL record.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ import torch
 from transformers import TrainerCallback
 
 from diagnostics.jsonl import append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic
+from diagnostics.models import check_same_vocabulary, load_model
 from diagnostics.probe import ProbeSet, load_probe
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +87,8 @@ def snapshot_model(model) -> torch.nn.Module:
         raise ValueError("base_model=None cannot snapshot a PEFT model (the adapters are the trained part). Fix: pass "
                          "base_model=PATH of the model the adapters were added to")
     param = next(model.parameters())
-    copy = type(model)(model.config)
+    with torch.random.fork_rng(devices=[]):  # the throw-away random init must not move the run's RNG stream
+        copy = type(model)(model.config)
     copy.to(dtype=param.dtype)
     if _is_zero3(model):
         import deepspeed  # `deepspeed.zero` is an attribute, not an importable submodule
@@ -131,7 +136,11 @@ class ShiftDiagnosticsCallback(TrainerCallback):
     """Measure the base-vs-policy shift on a fixed probe set every N steps and at every save.
 
     Args:
-        probe: a `ProbeSet` or a path to a probe JSONL file (see `diagnostics.probe`).
+        probe: a `ProbeSet`, a path to a probe JSONL file (see `diagnostics.probe`), or a list of prompts
+            (chat-templated text or message lists): then the probe set is sampled once at the first train
+            begin from the policy (= the base at step 0), seeded, with `probe_generation` settings
+            (`max_new_tokens`, `temperature`, `top_p`, `seed`, `batch_size` of `build_probe_set`), and a
+            resumed run reloads the copy it saved (`output_dir/shift_probe_set.jsonl`).
         base_model: path / hub id, a loaded model, or None (snapshot the policy at the first train
             begin; see the module docstring).
         tokenizer: decodes tokens for tables; default: the trainer's `processing_class`.
@@ -157,10 +166,11 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         top_p: float | None = None,
         temperature: float = 1.0,
         batch_size: int = 8,
-        high_js: float = 0.1,
+        high_js: float = DEFAULT_HIGH_THRESHOLD,
         top_tokens: int = 20,
         prefix: str = "shift_probe/",
         progress: bool = False,
+        probe_generation: dict | None = None,
     ):
         if every_n_steps < 0:
             raise ValueError(f"every_n_steps must be >= 0 (0 = only at checkpoint saves), got {every_n_steps}")
@@ -168,6 +178,10 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             raise ValueError("ShiftDiagnosticsCallback would never run: set every_n_steps > 0 or evaluate_on_save=True")
         self._probe_arg = probe
         self.probe: ProbeSet | None = probe if isinstance(probe, ProbeSet) else None
+        self._probe_prompts = list(probe) if isinstance(probe, (list, tuple)) else None
+        if self._probe_prompts is not None and not self._probe_prompts:
+            raise ValueError("the probe prompt list is empty. Fix: pass at least one prompt")
+        self.probe_generation = dict(probe_generation or {})
         self._base_arg = base_model
         self.base_model = base_model if isinstance(base_model, torch.nn.Module) else None
         self.tokenizer = tokenizer
@@ -213,7 +227,9 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             raise ValueError("ShiftDiagnosticsCallback needs a tokenizer: pass tokenizer= (the trainer has no "
                              "processing_class)")
         out = self._output_dir(args)
-        if self.probe is None:
+        if self.probe is None and self._probe_prompts is not None:
+            self.probe = self._probe_from_prompts(state, model, out)
+        elif self.probe is None:
             self.probe = load_probe(self._probe_arg, self.tokenizer)
         if len(self.probe) == 0:
             raise ValueError("the probe set is empty. Fix: build it from at least one prompt")
@@ -225,6 +241,17 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             logger.warning("ShiftDiagnosticsCallback was not attached with .attach(trainer): shift_probe/ metrics are "
                            "added to the logs in on_log, so only reporting callbacks after it see them and "
                            "trainer.state.log_history does not. Use callback.attach(trainer).")
+
+    def _probe_from_prompts(self, state, model, out: Path) -> ProbeSet:
+        """Sample the probe once (every rank the same: seeded); a resumed run reloads the saved copy."""
+        saved = out / PROBE_COPY_NAME
+        if state.global_step > 0 and saved.exists():
+            return load_probe(saved, self.tokenizer)
+        if model is None:
+            raise ValueError("ShiftDiagnosticsCallback got no model at train begin to sample the probe set from")
+        from diagnostics.probe import build_probe_set
+
+        return build_probe_set(model, self.tokenizer, self._probe_prompts, progress=False, **self.probe_generation)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_n_steps and state.global_step > 0 and state.global_step % self.every_n_steps == 0:
@@ -279,7 +306,7 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._write_record(args, state, metrics, summary, seconds)
             self._log_wandb(args, state, table)
-        logs = {f"{self.prefix}{k}": float(v) for k, v in metrics.items() if math.isfinite(v)}
+        logs = {f"{self.prefix}{k}": float(v) for k, v in metrics.items()}  # NaN kept: stable keys, as shift/*
         logs[f"{self.prefix}seconds"] = seconds
         if self.trainer is not None:
             self.trainer.log(logs)
@@ -339,27 +366,23 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         self.probe.save(path)
 
     def _prepare_base(self, args, state, model, out: Path) -> None:
-        if self.base_model is not None:
-            return
-        if self._base_arg is not None:  # a path or hub id
-            from transformers import AutoModelForCausalLM
+        if self.base_model is None:
+            self.base_model = self._load_base(state, model, out)
+        check_same_vocabulary(self.tokenizer, self.tokenizer, self.base_model, model,
+                              base_name=str(self._base_arg if self._base_arg is not None else BASE_SNAPSHOT_DIR))
 
-            param = next(model.parameters())
-            self.base_model = AutoModelForCausalLM.from_pretrained(str(self._base_arg), dtype=param.dtype)
-            self.base_model.to(param.device).eval().requires_grad_(False)
-            return
+    def _load_base(self, state, model, out: Path):
+        param = next(model.parameters())
+        if self._base_arg is not None:  # a path or hub id
+            return load_model(str(self._base_arg), dtype=param.dtype, device=param.device, flag="base_model")
         snap_dir = out / BASE_SNAPSHOT_DIR
         if state.global_step == 0:
-            self.base_model = snapshot_model(model)
+            base = snapshot_model(model)
             if state.is_world_process_zero:
-                self.base_model.save_pretrained(snap_dir)
+                base.save_pretrained(snap_dir)
                 (snap_dir / _SNAPSHOT_DONE).write_text(f"policy weights at step 0, saved {time.ctime()}\n")
-            return
+            return base
         if not (snap_dir / _SNAPSHOT_DONE).exists():
             raise ValueError(f"resuming at step {state.global_step} with base_model=None, but the step-0 snapshot "
                              f"{snap_dir} is missing. Fix: pass base_model=PATH_OF_THE_BASE")
-        from transformers import AutoModelForCausalLM
-
-        param = next(model.parameters())
-        self.base_model = AutoModelForCausalLM.from_pretrained(str(snap_dir), dtype=param.dtype)
-        self.base_model.to(param.device).eval().requires_grad_(False)
+        return load_model(str(snap_dir), dtype=param.dtype, device=param.device, flag="shift probe base snapshot")

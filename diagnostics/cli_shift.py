@@ -19,6 +19,14 @@ import json
 import logging
 from pathlib import Path
 
+from diagnostics.cli_args import (
+    add_analysis_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    add_sampling_arguments,
+    check_required,
+)
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
 from rewards.data import add_dataset_arguments
 
 logger = logging.getLogger(__name__)
@@ -30,40 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Teacher-force a base and a policy model on the same sequences and measure, per completion "
                     "token, how far their next-token distributions moved (JS, KL, entropy, top-k reallocation).",
     )
-    p.add_argument("--base", required=True, help="base model: local folder (save_pretrained output) or hub id")
-    p.add_argument("--policy", required=True, help="policy (e.g. RL-trained) model: local folder or hub id; must "
-                                                   "share the base's tokenizer")
+    add_model_arguments(p, policy_help="policy (e.g. RL-trained) model: local folder or hub id; must share the "
+                                       "base's tokenizer")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="JSONL of sequences: {prompt, completion} text (prompt chat-templated, or a "
                                     "list of messages), or {prompt_ids, completion_ids}; prompt-only records need "
                                     "--generate-with")
-    src.add_argument("--dataset", help="math dataset to take prompts from: 'tiny', a hub id or a local "
+    add_dataset_arguments(p, dataset=None, split="test", dataset_group=src,
+                          dataset_help="math dataset to take prompts from: 'tiny', a hub id or a local "
                                        ".json/.jsonl/.parquet (rewards.data.load_math_dataset); needs --generate-with")
-    p.add_argument("--split", default="test", help="dataset split (default: test)")
-    add_dataset_arguments(p)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts (default: all)")
     p.add_argument("--generate-with", choices=("policy", "base"), default=None,
                    help="sample completions with this model (the paper uses the RL policy; 'base' avoids the "
                         "on-policy bias)")
     p.add_argument("--num-samples", type=int, default=1, help="completions sampled per prompt (default: 1)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="sampling length budget (default: 128)")
-    p.add_argument("--sample-temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--sample-top-p", type=float, default=1.0, help="sampling top-p (paper: 0.7; default: 1.0)")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="both models' distributions are softmax(logits / T) in the analysis (default: 1.0)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="compare top-p truncated, renormalised distributions (paper: 0.7); default: full vocabulary")
-    p.add_argument("--high-js", type=float, default=0.1, help="high-divergence cut-off (paper: 0.1)")
+    add_sampling_arguments(p)
+    add_analysis_arguments(p)
+    p.add_argument("--high-js", type=float, default=DEFAULT_HIGH_THRESHOLD, help="high-divergence cut-off (paper: 0.1)")
     p.add_argument("--chunk-size", type=int, default=512,
                    help="positions per chunk of the divergence math (bounds (chunk, V) float32 temporaries)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward / generate batch")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
-                   help="model weights dtype (the divergence math is float32 regardless)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_runtime_arguments(p, seed_help="sampling seed (default: 0)")
     p.add_argument("--max-report-sequences", type=int, default=20, help="sequences shown in report.html")
     p.add_argument("--output-dir", required=True, help="folder for tokens.parquet, summary.json, PNGs, report.html")
-    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return p
 
 
@@ -103,6 +100,7 @@ def _read_data(path: str, tokenizer) -> tuple[list[dict], list[dict]]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_required(parser, args, "--policy")
     if args.dataset and not args.generate_with:
         parser.error("--dataset gives prompts only; add --generate-with policy|base to sample completions")
     for flag, val, lo in (("--num-samples", args.num_samples, 1), ("--batch-size", args.batch_size, 1),
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from diagnostics.summary import summarize
 
     out = Path(args.output_dir)
-    progress = not args.no_progress
+    progress = args.progress
     base, policy, tok = load_pair(args.base, args.policy, dtype=args.dtype, device=args.device)
 
     if args.data:

@@ -11,7 +11,7 @@ from the **intervention** policy instead,
     backward (necessity):   primary = RL,   intervention = base
 
 How the engine works (`co_decode`):
-- Both models share one tokenizer (checked: `check_same_vocabulary`). Prompts are left-padded;
+- Both models share one tokenizer (checked: `diagnostics.models.check_same_vocabulary`). Prompts are left-padded;
   the attention mask hides the pads and position ids count only real tokens
   (`pos = cumsum(mask) − 1`), so a padded row computes exactly what it would alone.
 - Each model keeps its own KV cache (`DynamicCache`); per step each model runs exactly one forward
@@ -83,34 +83,6 @@ def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     vocab = probs.shape[-1]
     last_with_mass = vocab - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)  # (B,)
     return torch.where(idx >= vocab, last_with_mass, idx)
-
-
-def check_same_vocabulary(primary, intervention, tokenizer_primary=None, tokenizer_intervention=None) -> None:
-    """Refuse two models that do not share a tokenizer (one line saying what differs and the fix)."""
-
-    def out_vocab(model) -> int:
-        emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
-
-    vp, vi = out_vocab(primary), out_vocab(intervention)
-    if vp != vi:
-        raise ValueError(f"the two models have different output vocabulary sizes ({vp} vs {vi}); cross-sampling "
-                         "needs models that share a tokenizer. Fix: pass a base and an RL checkpoint of the same model")
-    if tokenizer_primary is None or tokenizer_intervention is None:
-        return
-    if len(tokenizer_primary) != len(tokenizer_intervention):
-        raise ValueError(f"the two tokenizers have different sizes ({len(tokenizer_primary)} vs "
-                         f"{len(tokenizer_intervention)}). Fix: use checkpoints that share one tokenizer")
-    va, vb = tokenizer_primary.get_vocab(), tokenizer_intervention.get_vocab()
-    if va != vb:
-        diff = sorted(set(va.items()) ^ set(vb.items()))[:3]
-        raise ValueError(f"the two tokenizers map tokens to different ids (e.g. {diff}). "
-                         "Fix: use checkpoints that share one tokenizer")
-    for attr in ("eos_token_id", "pad_token_id"):
-        a, b = getattr(tokenizer_primary, attr), getattr(tokenizer_intervention, attr)
-        if a != b:
-            raise ValueError(f"the two tokenizers disagree on {attr} ({a} vs {b}). "
-                             "Fix: use checkpoints that share one tokenizer")
 
 
 def encode_prompts(tokenizer, prompts: Sequence, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,7 +185,7 @@ def co_decode(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     divergence: str = "js",
 ) -> CoDecodeResult:
@@ -227,7 +199,8 @@ def co_decode(
         max_new_tokens: at most this many tokens per sequence (EOS included).
         temperature: sampling temperature; 0 = greedy.
         top_p: nucleus truncation of both sampling distributions (1 = none).
-        eos_token_id: stops a sequence (None: always run to max_new_tokens).
+        eos_token_id: an id or ids that stop a sequence (pass `diagnostics.models.eos_token_ids(...)`, the
+            generation config's and tokenizer's union); None: always run to max_new_tokens.
         pad_token_id: fills positions after EOS.
         divergence: the measure handed to the rule as `ctx.js` (default JS, the paper's).
 
@@ -243,6 +216,10 @@ def co_decode(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     device = input_ids.device
     div_fn = get_divergence(divergence)
+    eos_ids = None
+    if eos_token_id is not None:
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        eos_ids = torch.tensor(ids, dtype=torch.long, device=device) if ids else None
     greedy = temperature == 0
     t_dist = 1.0 if greedy else temperature
     streams = [_streams(s, max_new_tokens) for s in seeds]
@@ -283,8 +260,8 @@ def co_decode(
         js_rec[:, t] = torch.where(active, js, torch.zeros_like(js))
         num_switched += s_t.long()
         num_generated += active.long()
-        if eos_token_id is not None:
-            active = active & (tok != eos_token_id)
+        if eos_ids is not None:
+            active = active & ~torch.isin(tok, eos_ids)
         steps = t + 1
         if t == max_new_tokens - 1 or not bool(active.any()):
             break

@@ -1,6 +1,6 @@
 """`sparse-rlvr cross-sample`: forward/backward cross-sampling sweeps with a random-position control.
 
-    sparse-rlvr cross-sample --base runs/tiny_base --rl runs/grpo/final --direction both \
+    sparse-rlvr cross-sample --base runs/tiny_base --policy runs/grpo/final --direction both \
         --rule js_threshold --values 0.02,0.05,0.1,0.2 --num-samples 8 --output-dir runs/cross \
         --dataset tiny --split test --limit 100 --max-new-tokens 64
 
@@ -32,6 +32,12 @@ import logging
 import math
 from pathlib import Path
 
+from diagnostics.cli_args import (
+    add_model_arguments,
+    add_runtime_arguments,
+    add_sampling_arguments,
+    check_required,
+)
 from rewards.data import add_dataset_arguments
 from rewards.registry import add_reward_arguments
 
@@ -50,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-sampling interventions between a base and an RL model (Meng et al., arXiv 2603.22446): "
                     "accuracy vs share of swapped tokens, forward and backward, with a random-position control.",
     )
-    p.add_argument("--base", required=True, help="base model: local directory (or cached hub id) with model + tokenizer")
-    p.add_argument("--rl", required=True, help="RL-trained model sharing the base's tokenizer (directory or hub id)")
+    add_model_arguments(p, policy_help="the RL-trained model sharing the base's tokenizer (directory or hub id)",
+                        policy_aliases=("--rl",),
+                        base_help="base model: local directory (or cached hub id) with model + tokenizer")
     p.add_argument("--direction", choices=["forward", "backward", "both"], default="both",
                    help="forward: decode with base, take RL tokens where the rule fires; backward: decode with RL, "
                         "take base tokens; both (default)")
@@ -67,26 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(js_threshold_budget, random)")
     p.add_argument("--num-samples", type=int, default=4, help="K answers per problem: accuracy is mean@K (default 4)")
     p.add_argument("--output-dir", required=True, help="where summary.json, samples.jsonl and the PNG go")
-    p.add_argument("--dataset", default="tiny",
-                   help="'tiny' (the tiny world), a local .json/.jsonl/.parquet, or a hub id (rewards.data)")
-    p.add_argument("--split", default="test", help="dataset split (default test)")
-    p.add_argument("--limit", type=int, default=100, help="number of problems (default 100; tiny: generated)")
-    add_dataset_arguments(p)
+    add_dataset_arguments(p, dataset="tiny", split="test", limit=100)
     add_reward_arguments(p)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="nucleus truncation of both models' distributions; JS is computed on them (default 1.0)")
+    add_sampling_arguments(p, legacy_plain=True, what="co-decoding (both models' distributions; the rule's JS is "
+                                                    "computed on them)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="answer length budget in tokens (default 128)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="answers co-decoded together (results do not depend on it; default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-answer random streams (default 0)")
     p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=True,
                    help="run a budget-matched random-position control for every threshold setting (default on)")
     p.add_argument("--save-samples", action=argparse.BooleanOptionalAction, default=True,
                    help="write samples.jsonl with every answer (default on)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="model weights dtype (auto: bfloat16 on cuda, float32 on cpu)")
+    add_runtime_arguments(p, seed_help="seed of the per-answer random streams (default 0)", dtype_default="auto")
     return p
 
 
@@ -131,22 +130,6 @@ def make_rule(rule: str, value: float | None, max_tokens: int | None, max_fracti
     return get_rule(rule, **params)
 
 
-def _load(path: str, device, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (path.startswith((".", "/", "~")) or Path(path).suffix) and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"model path {path!r} does not exist. Fix: pass a directory saved with "
-                                "save_pretrained (model + tokenizer)")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"sparse-rlvr cross-sample: error: cannot load model/tokenizer from {path!r} ({first}). "
-                         "Fix: pass a directory with config, weights and tokenizer files") from None
-    return model.to(device).eval(), tok
-
-
 def metrics_of(scores: list[float], result_rows: list[dict], num_problems: int, k: int) -> dict:
     """mean@K, pass@K, switched-token statistics over all answers of one run."""
     n = len(scores)
@@ -171,14 +154,16 @@ def run_setting(models: dict, roles: tuple[str, str], rule, batches: list, golds
     from tqdm.auto import tqdm
 
     from diagnostics.cross_sampling import co_decode
+    from diagnostics.models import eos_token_ids
     from rewards.math import score_batch
 
     primary, intervention = models[roles[0]], models[roles[1]]
     rows: list[dict] = []
-    for input_ids, mask, seeds in tqdm(batches, desc=desc, leave=False, unit="batch"):
+    eos = eos_token_ids([primary, intervention], tokenizer)  # stop on any end-of-turn id of either model
+    for input_ids, mask, seeds in tqdm(batches, desc=desc, leave=False, unit="batch", disable=not args.progress):
         res = co_decode(primary, intervention, input_ids, mask, rule, seeds=seeds,
-                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                        max_new_tokens=args.max_new_tokens, temperature=args.sample_temperature,
+                        top_p=args.sample_top_p, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         rows += res.records(tokenizer)
     scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction,
                          finished=[r["finished"] for r in rows])  # cut off at the cap: no lenient fallback
@@ -231,14 +216,16 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_required(parser, args, "--policy")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for flag, val, ok in (("--num-samples", args.num_samples, args.num_samples >= 1),
                           ("--limit", args.limit, args.limit is None or args.limit >= 1),
                           ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
                           ("--batch-size", args.batch_size, args.batch_size >= 1),
-                          ("--temperature", args.temperature, args.temperature >= 0),
-                          ("--top-p", args.top_p, 0 < args.top_p <= 1)):
+                          ("--sample-temperature", args.sample_temperature, args.sample_temperature >= 0),
+                          ("--sample-top-p", args.sample_top_p, 0 < args.sample_top_p <= 1)):
         if not ok:
             raise SystemExit(f"sparse-rlvr cross-sample: error: {flag} {val} is out of range. "
                              "Fix: counts >= 1, temperature >= 0, 0 < top-p <= 1")
@@ -248,16 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from diagnostics.cross_sampling import check_same_vocabulary, encode_prompts
+    from diagnostics.cross_sampling import encode_prompts
+    from diagnostics.models import check_same_vocabulary, load_model, load_tokenizer
     from diagnostics.switching import get_rule, get_rule_spec
     from rewards.data import dataset_from_args
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
              "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.dtype]
-    base, tok = _load(args.base, device, dtype)
-    rl, tok_rl = _load(args.rl, device, dtype)
-    check_same_vocabulary(base, rl, tok, tok_rl)
+    tok, tok_rl = load_tokenizer(args.base, "--base"), load_tokenizer(args.policy, "--policy")
+    check_same_vocabulary(tok, tok_rl, base_name=args.base, policy_name=args.policy)
+    base = load_model(args.base, dtype=dtype, device=device, flag="--base")
+    rl = load_model(args.policy, dtype=dtype, device=device, flag="--policy")
+    check_same_vocabulary(tok, tok_rl, base, rl, base_name=args.base, policy_name=args.policy)
     models = {"base": base, "rl": rl}
 
     ds = dataset_from_args(args)

@@ -25,7 +25,7 @@ token the sampler emitted; they need no vocabulary-sized tensor at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -38,14 +38,36 @@ DIVERGENCE_REGISTRY: dict[str, DivergenceFn] = {}
 SAMPLED_ESTIMATOR_REGISTRY: dict[str, SampledEstimatorFn] = {}
 
 
-def register_divergence(name: str) -> Callable[[DivergenceFn], DivergenceFn]:
-    """Register `fn(logp_base (..., V), logp_policy (..., V)) -> (...)` under `name`."""
+class PairMeasure:
+    """A measure written once against `PairTerms` (one chunk's log p, log q, p, q and a scratch buffer).
 
-    def deco(fn: DivergenceFn) -> DivergenceFn:
+    Registered like any measure (`DIVERGENCE_REGISTRY[name]`), callable as `fn(logp_base, logp_policy)`;
+    `pair_measures` / `pair_measures_` call `pair_fn(terms)` so that several measures and both entropies
+    share one exp() and, on finite chunks, run in place in reused buffers. `overwrites`: the measure may
+    use `terms.lb` / `terms.lp` as output buffers (run after every other measure of the chunk).
+    """
+
+    def __init__(self, name: str, pair_fn: Callable[[PairTerms], torch.Tensor], overwrites: bool = False):
+        self.name, self.pair_fn, self.overwrites = name, pair_fn, overwrites
+        self.__name__, self.__doc__ = f"{name}_divergence", pair_fn.__doc__
+
+    def __call__(self, logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
+        return pair_measures(logp_base, logp_policy, (self.name,))[self.name]
+
+
+def register_divergence(name: str, *, pair: bool = False, overwrites: bool = False):
+    """Register a measure under `name` (a second registration under one name is an error).
+
+    Default: `fn(logp_base (..., V), logp_policy (..., V)) -> (...)`, called on unmodified log-probs.
+    `pair=True`: `fn(terms: PairTerms) -> (...)` (the built-ins): shares p, q and scratch with the other
+    measures of the chunk and runs in place on finite chunks; `overwrites` as in `PairMeasure`.
+    """
+
+    def deco(fn):
         if name in DIVERGENCE_REGISTRY:
             raise ValueError(f"divergence {name!r} is already registered ({DIVERGENCE_REGISTRY[name].__name__})")
-        DIVERGENCE_REGISTRY[name] = fn
-        return fn
+        DIVERGENCE_REGISTRY[name] = PairMeasure(name, fn, overwrites) if pair else fn
+        return DIVERGENCE_REGISTRY[name] if pair else fn
 
     return deco
 
@@ -122,15 +144,14 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | Non
 
 
 # Implementation note. Every measure is a sum over the vocabulary of terms built from log p, log q
-# and p = exp(log p), q = exp(log q). Finite chunks (the usual case) go through `_in_place_measures`:
-# p, q once, every requested measure and both entropies from them with as few passes over the
-# `(c, V)` arrays as possible (on CPU the cost is memory traffic and allocation, not arithmetic);
-# `pair_measures` runs it on copies of its inputs, `pair_measures_` (the trainer's hot loop) on the
-# inputs themselves with reused scratch buffers. One `aminmax` decides finiteness; the exact-zero test
-# for identical rows runs only on rows whose JS is already tiny. Accuracy is float32 with terms
-# differenced before summing (log p − log m, not H(m) − ½H(p) − ½H(q), which loses small JS). Rows with
-# -inf log-probs (masked logits, top-p truncation) need the `0·log 0 = 0` convention by explicit
-# masking (`torch.where`): `_masked_measures`, also used for user-registered measures.
+# and p = exp(log p), q = exp(log q). Each built-in is written once, against `PairTerms`, and
+# registered like a user measure. `PairTerms` computes p, q once per chunk into scratch buffers; its
+# sums run in place (into a reused temporary, or into the inputs for a measure that `overwrites`)
+# when the chunk is finite, the usual case (on CPU the cost is memory traffic and allocation, not
+# arithmetic), and with the `0·log 0 = 0` convention by explicit masking (`torch.where`) when a row
+# has -inf log-probs (masked logits, top-p truncation). One `aminmax` decides finiteness; the
+# exact-zero test for identical rows runs only on rows whose JS is already tiny. Accuracy is float32
+# with terms differenced before summing (log p − log m, not H(m) − ½H(p) − ½H(q), which loses small JS).
 _LOG_FLOOR = -1e30  # finite stand-in for log 0 inside log m, so 0 · (log p − log m) stays 0
 _IDENTICAL_CHECK_BELOW = 1e-5  # rows with JS below this are tested for exact equality (JS(p, p) = 0)
 
@@ -141,17 +162,6 @@ def _all_finite(x: torch.Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(x)
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
-
-
-def _p_times(p: torch.Tensor, diff: torch.Tensor, finite: bool) -> torch.Tensor:
-    """Σ_v p_v · diff_v with 0 where p_v = 0. `(..., V) -> (...)`."""
-    if finite:
-        return torch.linalg.vecdot(p, diff)  # multiply-sum over the vocabulary
-    return torch.where(p > 0, p * diff, torch.zeros_like(p)).sum(dim=-1)
-
-
-def _neg_plogp(p: torch.Tensor, logp: torch.Tensor, finite: bool) -> torch.Tensor:
-    return _p_times(p, logp, finite).neg_()
 
 
 def _zero_identical_rows(js: torch.Tensor, pb: torch.Tensor, pp: torch.Tensor) -> torch.Tensor:
@@ -171,73 +181,79 @@ def _zero_identical_rows(js: torch.Tensor, pb: torch.Tensor, pp: torch.Tensor) -
     return js.masked_fill_(same, 0.0)
 
 
-# Masked versions of the built-in measures, for rows with -inf log-probs (0 · log 0 = 0 by `torch.where`).
-# Finite rows take `_in_place_measures`, which computes the same sums without the masks.
-def _js(lb, lp, pb, pp):
-    logm = torch.lerp(pb, pp, 0.5).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
-    js = _p_times(pb, lb - logm, False) + _p_times(pp, lp - logm, False)  # differenced before summing
-    return _zero_identical_rows(js.mul_(0.5).clamp_(0.0, LN2), pb, pp)
+class PairTerms:
+    """One chunk of base/policy log-probs `lb`, `lp` `(..., V)`, their probabilities `pb`, `pq`, and the sums
+    the measures are built from. Finite chunks: in place, in `tmp` (or a given buffer); otherwise masked."""
+
+    def __init__(self, lb, lp, scratch=None, *, may_overwrite: bool = False):
+        if scratch is None:
+            scratch = [torch.empty_like(lb) for _ in range(3)]
+        self.pb, self.pp, self.tmp = (buf.view(-1)[: lb.numel()].view(lb.shape) for buf in scratch)  # (..., V)
+        torch.exp(lb, out=self.pb)
+        torch.exp(lp, out=self.pp)
+        self.lb, self.lp = lb, lp
+        self.finite = _all_finite(lb) and _all_finite(lp)
+        self.may_overwrite = may_overwrite and self.finite  # the masked path never writes into its inputs
+
+    def p_sum(self, p: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_v p_v · a_v, with 0 where p_v = 0. `(..., V) -> (...)`."""
+        if self.finite:
+            return torch.mul(p, a, out=self.tmp if out is None else out).sum(dim=-1)
+        return torch.where(p > 0, p * a, torch.zeros_like(p)).sum(dim=-1)
+
+    def p_diff(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None):
+        """Σ_v p_v · (a_v − b_v), with 0 where p_v = 0, differenced before summing. `(..., V) -> (...)`."""
+        if self.finite:
+            return torch.sub(a, b, out=self.tmp if out is None else out).mul_(p).sum(dim=-1)
+        return torch.where(p > 0, p * (a - b), torch.zeros_like(p)).sum(dim=-1)
+
+    def input_buffers(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(lb, lp)` as output buffers for an overwriting measure, or `(None, None)` (allocate)."""
+        return (self.lb, self.lp) if self.may_overwrite else (None, None)
 
 
-def _kl_forward(lb, lp, pb, pp):
-    return _p_times(pb, lb - lp, False).clamp_min_(0.0)
+@register_divergence("kl_forward", pair=True)
+def kl_forward(t: PairTerms) -> torch.Tensor:
+    """KL(p_base ‖ q_policy); +inf where the policy gives 0 mass to a base-supported token."""
+    return t.p_diff(t.pb, t.lb, t.lp).clamp_min_(0.0)
 
 
-def _kl_reverse(lb, lp, pb, pp):
-    return _p_times(pp, lp - lb, False).clamp_min_(0.0)
+@register_divergence("kl_reverse", pair=True)
+def kl_reverse(t: PairTerms) -> torch.Tensor:
+    """KL(q_policy ‖ p_base), the direction TRL's `beta` penalty estimates."""
+    return t.p_diff(t.pp, t.lp, t.lb).clamp_min_(0.0)
 
 
-def _tv(lb, lp, pb, pp):
-    return torch.sub(pb, pp).abs_().sum(dim=-1).mul_(0.5).clamp_(0.0, 1.0)
+@register_divergence("tv", pair=True)
+def total_variation(t: PairTerms) -> torch.Tensor:
+    """TV(p, q) = ½ Σ |p − q| in [0, 1]."""
+    return torch.sub(t.pb, t.pp, out=t.tmp).abs_().sum(dim=-1).mul_(0.5).clamp_(0.0, 1.0)
 
 
-_BUILTIN = {"js": _js, "kl_forward": _kl_forward, "kl_reverse": _kl_reverse, "tv": _tv}
+@register_divergence("js", pair=True, overwrites=True)
+def js_divergence(t: PairTerms) -> torch.Tensor:
+    """JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m), m = ½(p+q); clamped to [0, ln 2] against rounding."""
+    logm = torch.lerp(t.pb, t.pp, 0.5, out=t.tmp).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
+    out_b, out_p = t.input_buffers()
+    if out_b is None and t.finite:  # tmp holds log m: the differences need their own buffers
+        out_b, out_p = torch.empty_like(t.lb), torch.empty_like(t.lp)
+    js = t.p_diff(t.pb, t.lb, logm, out=out_b) + t.p_diff(t.pp, t.lp, logm, out=out_p)  # Σ p(log p − log m) + ...
+    return _zero_identical_rows(js.mul_(0.5).clamp_(0.0, LN2), t.pb, t.pp)
 
 
-def _is_builtin(name: str) -> bool:
-    return name in _BUILTIN and getattr(get_divergence(name), "_builtin", False)
-
-
-def _masked_measures(lb, lp, names, entropies) -> dict[str, torch.Tensor]:
-    """-inf log-probs or user-registered measures: built-ins masked, registered functions called as they are."""
-    pb, pp = lb.exp(), lp.exp()  # (..., V) each
+def _measures(lb, lp, names, entropies, scratch, may_overwrite) -> dict[str, torch.Tensor]:
+    """The one implementation behind `pair_measures` / `pair_measures_`: every measure through the registry."""
+    t = PairTerms(lb, lp, scratch, may_overwrite=may_overwrite)
     out: dict[str, torch.Tensor] = {}
     if entropies:
-        out["entropy_base"] = _neg_plogp(pb, lb, False)
-        out["entropy_policy"] = _neg_plogp(pp, lp, False)
-    for name in names:
-        out[name] = _BUILTIN[name](lb, lp, pb, pp) if _is_builtin(name) else get_divergence(name)(lb, lp)
+        out["entropy_base"] = t.p_sum(t.pb, lb).neg_()  # −Σ p log p
+        out["entropy_policy"] = t.p_sum(t.pp, lp).neg_()
+    fns = {name: get_divergence(name) for name in names}
+    # measures that read the inputs as they are first; one that writes into them (JS) last
+    for name in sorted(names, key=lambda n: getattr(fns[n], "overwrites", False)):
+        fn = fns[name]
+        out[name] = fn.pair_fn(t) if isinstance(fn, PairMeasure) else fn(lb, lp).float()
     return out
-
-
-def _in_place_measures(lb, lp, names, entropies, scratch) -> dict[str, torch.Tensor]:
-    """Finite log-probs, built-in measures only. Overwrites `lb`, `lp`; p, q and one temporary in `scratch`."""
-    if scratch is None:
-        scratch = [torch.empty_like(lb) for _ in range(3)]
-    pb, pp, tmp = (buf.view(-1)[: lb.numel()].view(lb.shape) for buf in scratch)  # (..., V) each
-    torch.exp(lb, out=pb)
-    torch.exp(lp, out=pp)
-    out: dict[str, torch.Tensor] = {}
-    if entropies:
-        out["entropy_base"] = torch.mul(pb, lb, out=tmp).sum(dim=-1).neg_()  # −Σ p log p
-        out["entropy_policy"] = torch.mul(pp, lp, out=tmp).sum(dim=-1).neg_()
-    for name in names:  # measures that only read log p / log q first: JS overwrites them
-        if name == "kl_forward":
-            out[name] = torch.sub(lb, lp, out=tmp).mul_(pb).sum(dim=-1).clamp_min_(0.0)
-        elif name == "kl_reverse":
-            out[name] = torch.sub(lp, lb, out=tmp).mul_(pp).sum(dim=-1).clamp_min_(0.0)
-        elif name == "tv":
-            out[name] = torch.sub(pb, pp, out=tmp).abs_().sum(dim=-1).mul_(0.5).clamp_(0.0, 1.0)
-    if "js" in names:
-        logm = torch.lerp(pb, pp, 0.5, out=tmp).log_().clamp_min_(_LOG_FLOOR)  # (..., V) log ½(p + q)
-        js = torch.sub(lb, logm, out=lb).mul_(pb).sum(dim=-1)  # Σ p (log p − log m), differenced before summing
-        js += torch.sub(lp, logm, out=lp).mul_(pp).sum(dim=-1)  # Σ q (log q − log m)
-        out["js"] = _zero_identical_rows(js.mul_(0.5).clamp_(0.0, LN2), pb, pp)
-    return out
-
-
-def _in_place_ok(lb: torch.Tensor, lp: torch.Tensor, names: tuple[str, ...]) -> bool:
-    return all(_is_builtin(n) for n in names) and _all_finite(lb) and _all_finite(lp)
 
 
 def pair_measures(
@@ -253,10 +269,7 @@ def pair_measures(
 
     Returns: `{measure: (...)}` (+ entropies), float32.
     """
-    names = tuple(measures)
-    if _in_place_ok(logp_base, logp_policy, names):
-        return _in_place_measures(logp_base.clone(), logp_policy.clone(), names, entropies, None)
-    return _masked_measures(logp_base, logp_policy, names, entropies)
+    return _measures(logp_base, logp_policy, tuple(measures), entropies, None, may_overwrite=False)
 
 
 def pair_measures_(
@@ -268,18 +281,18 @@ def pair_measures_(
     `p`, `q` and one temporary live in `scratch` (three float32 tensors with at least as many elements
     as the inputs, reused across chunks, so no `(c, V)` array is allocated per chunk: on CPU fresh
     large allocations cost page faults comparable to the arithmetic). `logp_base` / `logp_policy` are
-    overwritten by `log p − log m` / `log q − log m` for JS. Rows with -inf entries and measures that
-    are not built in go through the masked path, inputs untouched.
+    overwritten by `log p − log m` / `log q − log m` for JS. Rows with -inf entries go through the
+    masked sums, inputs untouched.
     """
-    names = tuple(measures)
-    if _in_place_ok(logp_base, logp_policy, names):
-        return _in_place_measures(logp_base, logp_policy, names, entropies, scratch)
-    return _masked_measures(logp_base, logp_policy, names, entropies)
+    return _measures(logp_base, logp_policy, tuple(measures), entropies, scratch, may_overwrite=True)
 
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     """H(p) = −Σ p log p from log-probs `(..., V) -> (...)`, 0·log 0 = 0."""
-    return _neg_plogp(logp.exp(), logp, _all_finite(logp))
+    p = logp.exp()
+    if _all_finite(logp):
+        return torch.linalg.vecdot(p, logp).neg_()
+    return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1).neg_()
 
 
 def log_probs_(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -290,22 +303,6 @@ def log_probs_(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     if temperature != 1.0:
         logits.div_(temperature)
     return torch.log_softmax(logits, dim=-1, out=logits)
-
-
-def _registered_builtin(name: str, doc: str) -> DivergenceFn:
-    def fn(logp_base: torch.Tensor, logp_policy: torch.Tensor) -> torch.Tensor:
-        return pair_measures(logp_base, logp_policy, (name,))[name]
-
-    fn.__name__, fn.__doc__, fn._builtin = f"{name}_divergence", doc, True
-    return register_divergence(name)(fn)
-
-
-js_divergence = _registered_builtin(
-    "js", "JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m), m = ½(p+q); clamped to [0, ln 2] against rounding.")
-kl_forward = _registered_builtin(
-    "kl_forward", "KL(p_base ‖ q_policy); +inf where the policy gives 0 mass to a base-supported token.")
-kl_reverse = _registered_builtin("kl_reverse", "KL(q_policy ‖ p_base), the direction TRL's `beta` penalty estimates.")
-total_variation = _registered_builtin("tv", "TV(p, q) = ½ Σ |p − q| in [0, 1].")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,10 +334,110 @@ def k3(logp_sampler: torch.Tensor, logp_other: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _row_chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
-    step = n if not chunk_size or chunk_size <= 0 else chunk_size
-    for start in range(0, n, max(step, 1)):
-        yield slice(start, min(start + step, n))
+RowSource = Callable[..., torch.Tensor]  # rows(slice, out=None) -> (c, V) logits (written into `out` if given)
+
+
+def tensor_rows(logits: torch.Tensor) -> RowSource:
+    """A `RowSource` over a `(N, V)` logits tensor of any dtype (rows are views; `out` gets a float32 copy)."""
+    return lambda sl, out=None: logits[sl] if out is None else out.copy_(logits[sl])
+
+
+def pair_rows(
+    base_rows: RowSource | torch.Tensor,
+    policy_rows: RowSource | torch.Tensor,
+    n_rows: int,
+    *,
+    measures: tuple[str, ...] = ("js",),
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    chunk_size: int | None = 512,
+    entropies: bool = True,
+    tokens: torch.Tensor | None = None,
+    sampled: str | None = None,
+    per_chunk: Callable[[slice, torch.Tensor, torch.Tensor], None] | None = None,
+    out: dict[str, torch.Tensor] | None = None,
+    offset: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The one chunked base-vs-policy driver (the trainer, `token_divergence`, `token_stats`, the callbacks).
+
+    For rows [0, n_rows) of two logits sources, `chunk_size` rows at a time: both distributions
+    softmax(logits / temperature), then the registered `measures` (on top-p truncated distributions if
+    `top_p` < 1), both full-distribution entropies, the emitted tokens' log-probs and a sampled-token
+    estimator. Full distributions (no top-p) run in five float32 `(chunk, V)` buffers allocated once: both
+    models' logits are written into two of them and turned into log-probs in place, and `pair_measures_`
+    keeps p, q and its temporary in the other three, so nothing vocabulary-sized is allocated per chunk.
+
+    Args:
+        base_rows, policy_rows: `(N, V)` tensors or `RowSource`s (e.g. the trainer's hidden-state LM-head
+            projection); row r of both predicts the same token.
+        measures: names in `DIVERGENCE_REGISTRY`.
+        entropies: add `entropy_base`, `entropy_policy` (full distributions, nats).
+        tokens: `(offset + n_rows,)` emitted token ids: adds `logp_base_token`, `logp_policy_token` (full).
+        sampled: a `SAMPLED_ESTIMATOR_REGISTRY` name: adds `{sampled}` = estimate of KL(policy ‖ base) from
+            the policy-sampled `tokens` (needs `tokens`).
+        per_chunk: `fn(rows, logp_base, logp_policy)` called with each chunk's full `(c, V)` log-probs (read
+            only, before the measures run), for statistics of its own.
+        out: `{key: (total,) tensor}` to fill rows [offset, offset + n_rows) of (keys it lacks are allocated
+            with offset + n_rows rows). Default: new tensors.
+
+    Returns:
+        `out`: `{key: (rows,) float32}` for each measure, the entropies, token log-probs and `sampled`.
+    """
+    for m in measures:
+        get_divergence(m)  # fail early on an unknown name
+    est = get_sampled_estimator(sampled) if sampled is not None else None
+    if est is not None and tokens is None:
+        raise ValueError(f"the sampled estimator {sampled!r} needs the emitted tokens; pass tokens=")
+    rows_b = tensor_rows(base_rows) if isinstance(base_rows, torch.Tensor) else base_rows
+    rows_p = tensor_rows(policy_rows) if isinstance(policy_rows, torch.Tensor) else policy_rows
+    truncate = top_p is not None and top_p < 1.0
+    step = n_rows if not chunk_size or chunk_size <= 0 else min(chunk_size, n_rows)
+    out = {} if out is None else out
+    bufs: list[torch.Tensor] = []
+
+    def put(key: str, value: torch.Tensor, glob: slice) -> None:
+        if key not in out:
+            out[key] = torch.zeros(offset + n_rows, dtype=value.dtype, device=value.device)
+        out[key][glob] = value
+
+    with torch.no_grad():
+        for r0 in range(0, n_rows, max(step, 1)):
+            sl = slice(r0, min(r0 + step, n_rows))
+            glob = slice(offset + sl.start, offset + sl.stop)
+            c = sl.stop - sl.start
+            if truncate:
+                lb = log_probs(rows_b(sl), temperature)  # (c, V) float32
+                lp = log_probs(rows_p(sl), temperature)  # (c, V) float32
+            else:
+                if not bufs:  # the vocabulary size is known from the first chunk's logits
+                    first = rows_b(sl)  # (c, V) model dtype
+                    bufs = [torch.empty(step, first.size(-1), dtype=torch.float32, device=first.device)
+                            for _ in range(5)]
+                    lb = bufs[0][:c].copy_(first)
+                    del first
+                else:
+                    lb = rows_b(sl, out=bufs[0][:c])
+                lb = log_probs_(lb, temperature)  # (c, V) float32, in place
+                lp = log_probs_(rows_p(sl, out=bufs[1][:c]), temperature)  # (c, V) float32, in place
+            if tokens is not None:
+                tok = tokens[glob].to(lb.device).unsqueeze(-1)  # (c, 1)
+                tb, tp = lb.gather(-1, tok).squeeze(-1), lp.gather(-1, tok).squeeze(-1)  # (c,) each
+                put("logp_base_token", tb, glob)
+                put("logp_policy_token", tp, glob)
+                if est is not None:  # the policy sampled the token: estimate KL(policy ‖ base)
+                    put(sampled, est(tp, tb), glob)
+            if per_chunk is not None:
+                per_chunk(glob, lb, lp)
+            if truncate:  # entropies on the full distributions, measures on the truncated ones
+                res = pair_measures(lb, lp, (), entropies=entropies)
+                if measures:
+                    res.update(pair_measures(log_probs(lb, 1.0, top_p), log_probs(lp, 1.0, top_p), measures))
+            else:  # one pass: measures and both entropies share exp(), in the reused buffers
+                res = pair_measures_(lb, lp, measures, entropies=entropies, scratch=bufs[2:])
+            for key, value in res.items():
+                put(key, value, glob)
+            del lb, lp
+    return out
 
 
 def _check_pair(base_logits: torch.Tensor, policy_logits: torch.Tensor) -> None:
@@ -375,27 +472,16 @@ def token_divergence(
         `(...)` float32, detached.
     """
     _check_pair(base_logits, policy_logits)
-    get_divergence(measure)  # fail early on an unknown name
     lead, vocab = base_logits.shape[:-1], base_logits.shape[-1]
-    flat_b = base_logits.detach().reshape(-1, vocab)  # (N, V) — a view, no copy
+    flat_b = base_logits.detach().reshape(-1, vocab)  # (N, V) — a view, no copy; never modified
     flat_p = policy_logits.detach().reshape(-1, vocab)  # (N, V)
-    out = torch.zeros(flat_b.shape[0], dtype=torch.float32, device=base_logits.device)  # (N,)
-    full = top_p is None or top_p >= 1.0
-    scratch = None
-    with torch.no_grad():
-        for rows in _row_chunks(flat_b.shape[0], chunk_size):
-            if not full:
-                lb = log_probs(flat_b[rows], temperature, top_p)  # (c, V) float32
-                lp = log_probs(flat_p[rows], temperature, top_p)  # (c, V) float32
-                out[rows] = pair_measures(lb, lp, (measure,))[measure]
-                continue
-            # own float32 copies (the inputs are never modified), then in place with reused scratch
-            lb = log_probs_(flat_b[rows].to(torch.float32, copy=True), temperature)  # (c, V)
-            lp = log_probs_(flat_p[rows].to(torch.float32, copy=True), temperature)  # (c, V)
-            scratch = scratch or [torch.empty_like(lb) for _ in range(3)]
-            out[rows] = pair_measures_(lb, lp, (measure,), scratch=scratch)[measure]
-            del lb, lp
-    out = out.reshape(lead)
+    n = flat_b.shape[0]
+    if n == 0:
+        get_divergence(measure)
+        return torch.zeros(lead, dtype=torch.float32, device=base_logits.device)
+    stats = pair_rows(flat_b, flat_p, n, measures=(measure,), temperature=temperature, top_p=top_p,
+                      chunk_size=chunk_size, entropies=False)
+    out = stats[measure].reshape(lead)
     if mask is not None:
         out = out * mask.to(out.dtype)
     return out
@@ -429,8 +515,6 @@ def token_stats(
         and, with `tokens`, `logp_base_token`, `logp_policy_token`.
     """
     _check_pair(base_logits, policy_logits)
-    for m in measures:
-        get_divergence(m)  # fail early on an unknown name
     lead, vocab = base_logits.shape[:-1], base_logits.shape[-1]
     k = min(topk, vocab)
     flat_b = base_logits.detach().reshape(-1, vocab)
@@ -448,33 +532,26 @@ def token_stats(
         flat_tok = tokens.reshape(-1).to(dev)
         out["logp_base_token"] = torch.zeros(n, device=dev)
         out["logp_policy_token"] = torch.zeros(n, device=dev)
-    with torch.no_grad():
-        for rows in _row_chunks(n, chunk_size):
-            lb_full = log_probs(flat_b[rows], temperature)  # (c, V)
-            lp_full = log_probs(flat_p[rows], temperature)  # (c, V)
-            truncate = top_p is not None and top_p < 1.0
-            full = pair_measures(lb_full, lp_full, () if truncate else measures, entropies=True)
-            if truncate:  # divergences on top-p truncated distributions; entropies stay on the full ones
-                full.update(pair_measures(log_probs(flat_b[rows], temperature, top_p),
-                                          log_probs(flat_p[rows], temperature, top_p), measures))
-            for key, val in full.items():
-                out[key][rows] = val
-            if flat_tok is not None:
-                tok = flat_tok[rows].unsqueeze(-1)  # (c, 1)
-                out["logp_base_token"][rows] = lb_full.gather(-1, tok).squeeze(-1)
-                out["logp_policy_token"][rows] = lp_full.gather(-1, tok).squeeze(-1)
-            top_b = lb_full.topk(k, dim=-1).indices  # (c, k)
-            top_p_ = lp_full.topk(k, dim=-1).indices  # (c, k)
-            out["top1_base"][rows] = top_b[:, 0]
-            out["top1_policy"][rows] = top_p_[:, 0]
-            pol_top1 = top_p_[:, :1]  # (c, 1)
-            base_at_pol_top1 = lb_full.gather(-1, pol_top1)  # (c, 1)
-            out["base_prob_of_policy_top1"][rows] = base_at_pol_top1.squeeze(-1).exp()
-            out["base_rank_of_policy_top1"][rows] = (lb_full > base_at_pol_top1).sum(-1)
-            # overlap@j = |top-j(base) ∩ top-j(policy)| / j ; membership matrix (c, k, k)
-            same = top_b.unsqueeze(-1) == top_p_.unsqueeze(-2)  # (c, k_b, k_p)
-            for j in range(1, k + 1):
-                out["topk_overlap"][rows, j - 1] = same[:, :j, :j].sum(dim=(-1, -2)).float() / j
-            del lb_full, lp_full, full
+
+    def reallocation(rows: slice, lb_full: torch.Tensor, lp_full: torch.Tensor) -> None:
+        top_b = lb_full.topk(k, dim=-1).indices  # (c, k)
+        top_p_ = lp_full.topk(k, dim=-1).indices  # (c, k)
+        out["top1_base"][rows] = top_b[:, 0]
+        out["top1_policy"][rows] = top_p_[:, 0]
+        pol_top1 = top_p_[:, :1]  # (c, 1)
+        base_at_pol_top1 = lb_full.gather(-1, pol_top1)  # (c, 1)
+        out["base_prob_of_policy_top1"][rows] = base_at_pol_top1.squeeze(-1).exp()
+        out["base_rank_of_policy_top1"][rows] = (lb_full > base_at_pol_top1).sum(-1)
+        # overlap@j = |top-j(base) ∩ top-j(policy)| / j ; membership matrix (c, k, k)
+        same = top_b.unsqueeze(-1) == top_p_.unsqueeze(-2)  # (c, k_b, k_p)
+        for j in range(1, k + 1):
+            out["topk_overlap"][rows, j - 1] = same[:, :j, :j].sum(dim=(-1, -2)).float() / j
+
+    if n:
+        pair_rows(flat_b, flat_p, n, measures=tuple(measures), temperature=temperature, top_p=top_p,
+                  chunk_size=chunk_size, entropies=True, tokens=flat_tok, per_chunk=reallocation, out=out)
+    else:
+        for m in measures:
+            get_divergence(m)
     out["top1_changed"] = out["top1_base"] != out["top1_policy"]
     return {key: (v.reshape(*lead, k) if key == "topk_overlap" else v.reshape(lead)) for key, v in out.items()}

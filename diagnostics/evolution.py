@@ -1,15 +1,15 @@
 """`sparse-rlvr evolution`: how the base-vs-policy shift grows over the checkpoints of a run.
 
-    sparse-rlvr evolution --run-dir outputs/grpo --base outputs/tiny_base --output-dir outputs/evolution
-    sparse-rlvr evolution --run-dir RUN --base BASE --output-dir OUT --dataset tiny --num-prompts 32
-    sparse-rlvr evolution --run-dir RUN --base BASE --output-dir OUT --probe probe.jsonl --top-p 0.7
+    sparse-rlvr evolution --policy outputs/grpo --base outputs/tiny_base --output-dir outputs/evolution
+    sparse-rlvr evolution --policy RUN --base BASE --output-dir OUT --dataset tiny --limit 32
+    sparse-rlvr evolution --policy RUN --base BASE --output-dir OUT --probe probe.jsonl --top-p 0.7
 
 Every `checkpoint-N` folder of the run is teacher-forced together with the base on one fixed probe
 set (`diagnostics.shift.analyze`), and `OUT/evolution.csv` gets one row per checkpoint:
 
-    step, checkpoint, n_tokens, js_mean, js_p50, js_p95, js_p99,
-    frac_js_gt_0.01, frac_js_gt_0.05, frac_js_gt_0.1, n_high, jaccard_final, + the other
-    `diagnostics.summary.scalar_metrics` columns
+    step, checkpoint, <the `diagnostics.shift_stats` keys: n_tokens, js_mean, js_max, js_p50 ... js_p99,
+    frac_js_gt_0.01 ... frac_js_gt_0.2, js_top1pct_share ..., js_gini, entropy_*>, n_high, jaccard_final,
+    + the other `diagnostics.summary.scalar_metrics` columns (the same names as `shift_probe/*` in training)
 
 `jaccard_final` = |H_c ∩ H_final| / |H_c ∪ H_final|, where H_c is the set of probe positions
 (seq_id, position) with JS > --high-js (paper: 0.1) at checkpoint c and H_final the same set at the
@@ -17,9 +17,10 @@ last checkpoint (empty ∪ empty -> NaN: undefined). Meng et al. report it climb
 95th/99th JS percentiles rise fastest. PNGs: `evolution_sparsity.png`, `evolution_quantiles.png`,
 `evolution_jaccard.png`.
 
-Probe set, in order of precedence: `--probe FILE.jsonl`; `--dataset SOURCE --num-prompts N`
+Probe set, in order of precedence: `--probe FILE.jsonl`; `--dataset SOURCE --limit N`
 (sampled once from the base, seeded, saved as `OUT/probe.jsonl` and reused while the same options
-are given); otherwise the probe the training callback saved in `RUN_DIR/shift_probe_set.jsonl`.
+are given); otherwise the probe the training callback saved in `POLICY/shift_probe_set.jsonl`
+(`--policy` is the run directory; `--run-dir` is its deprecated alias).
 
 Cache: each checkpoint's token table and summary go to `OUT/cache/checkpoint-N/` together with a
 key (probe fingerprint, base, top-p, temperature, and the size and mtime of the checkpoint's weight
@@ -40,14 +41,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diagnostics.cli_args import (
+    add_alias,
+    add_analysis_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    add_sampling_arguments,
+    check_required,
+)
 from diagnostics.jsonl import write_json_atomic
 from diagnostics.probe import ProbeSet, load_probe
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, DEFAULT_THRESHOLDS, shift_stats, stat_names
+from rewards.data import add_dataset_arguments
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-THRESHOLDS = (0.01, 0.05, 0.1)
 
 
 @dataclass
@@ -63,7 +73,7 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """`checkpoint-N` sub-folders of `run_dir`, sorted by N."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"--run-dir {run_dir} is not a directory. Fix: pass the training output_dir")
+        raise FileNotFoundError(f"--policy {run_dir} is not a directory. Fix: pass the training output_dir")
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return sorted(found)
 
@@ -75,16 +85,15 @@ def _weights_signature(ckpt: Path) -> list:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def js_stats(js: np.ndarray, thresholds=THRESHOLDS, high_js: float = 0.1) -> dict[str, float]:
-    """The CSV's core columns from per-token JS values `(N,)` (NaN when there are no tokens)."""
-    n = len(js)
-    nan = float("nan")
-    out = {"n_tokens": n, "js_mean": float(js.mean()) if n else nan}
-    for p in (50, 95, 99):
-        out[f"js_p{p}"] = float(np.quantile(js, p / 100)) if n else nan
-    for t in thresholds:
-        out[f"frac_js_gt_{t:g}"] = float((js > t).mean()) if n else nan
-    out["n_high"] = int((js > high_js).sum())
+def js_stats(js: np.ndarray, thresholds=DEFAULT_THRESHOLDS, high_js: float = DEFAULT_HIGH_THRESHOLD) -> dict[str, float]:
+    """The CSV's core columns from per-token JS values `(N,)`: `diagnostics.shift_stats.shift_stats` + `n_high`.
+
+    No entropies here (the remaining `scalar_metrics` columns, entropies included, are added per row).
+    """
+    js = np.asarray(js, dtype=np.float64)
+    out = shift_stats(js, measure="js", thresholds=thresholds, high_threshold=high_js)
+    out = {k: v for k, v in out.items() if not k.startswith("entropy_")}
+    out["n_high"] = float((js > high_js).sum())
     return out
 
 
@@ -105,24 +114,24 @@ def _resolve_probe(args, out: Path, base_model, tokenizer) -> tuple[ProbeSet, st
     if args.probe:
         return load_probe(args.probe, tokenizer), str(args.probe)
     if args.dataset:
-        spec = {"dataset": args.dataset, "split": args.split, "num_prompts": args.num_prompts, "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens, "gen_temperature": args.gen_temperature,
-                "gen_top_p": args.gen_top_p, "base": str(args.base)}
+        spec = {"dataset": args.dataset, "split": args.split, "limit": args.limit, "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens, "sample_temperature": args.sample_temperature,
+                "sample_top_p": args.sample_top_p, "base": str(args.base)}
         probe_path, spec_path = out / "probe.jsonl", out / "probe_spec.json"
         if probe_path.exists() and spec_path.exists() and json.loads(spec_path.read_text()) == spec:
             return load_probe(probe_path, tokenizer), str(probe_path)
         from diagnostics.probe import probe_from_dataset
 
-        probe = probe_from_dataset(base_model, tokenizer, args.dataset, split=args.split, num_prompts=args.num_prompts,
+        probe = probe_from_dataset(base_model, tokenizer, args.dataset, split=args.split, num_prompts=args.limit,
                                    seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.gen_temperature, top_p=args.gen_top_p,
+                                   temperature=args.sample_temperature, top_p=args.sample_top_p,
                                    batch_size=args.batch_size)
         probe.save(probe_path)
         write_json_atomic(spec_path, spec)
         return probe, str(probe_path)
     from diagnostics.callbacks import PROBE_COPY_NAME
 
-    run_probe = Path(args.run_dir) / PROBE_COPY_NAME
+    run_probe = Path(args.policy) / PROBE_COPY_NAME
     if run_probe.exists():
         return load_probe(run_probe, tokenizer), str(run_probe)
     raise ValueError(f"no probe set: {run_probe} does not exist and neither --probe nor --dataset was given. Fix: pass "
@@ -130,7 +139,7 @@ def _resolve_probe(args, out: Path, base_model, tokenizer) -> tuple[ProbeSet, st
 
 
 def run_evolution(args) -> EvolutionResult:
-    """Analyse every checkpoint of `args.run_dir` (cached), write the CSV and PNGs. See `main`."""
+    """Analyse every checkpoint of `args.policy` (cached), write the CSV and PNGs. See `main`."""
     from tqdm.auto import tqdm
 
     from diagnostics.models import check_same_vocabulary, load_model, load_tokenizer
@@ -139,9 +148,9 @@ def run_evolution(args) -> EvolutionResult:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoints = find_checkpoints(args.run_dir)
+    checkpoints = find_checkpoints(args.policy)
     if not checkpoints:
-        raise ValueError(f"--run-dir {args.run_dir} has no checkpoint-* folders. Fix: pass a training output_dir "
+        raise ValueError(f"--policy {args.policy} has no checkpoint-* folders. Fix: pass a training output_dir "
                          f"saved with save_steps (or save_strategy='steps')")
     tokenizer = load_tokenizer(str(args.base), "--base")
     base_model = load_model(str(args.base), dtype=args.dtype, device=args.device, flag="--base")
@@ -166,7 +175,7 @@ def run_evolution(args) -> EvolutionResult:
             result.cached.append(ckpt.name)
         else:
             try:
-                policy_tok = load_tokenizer(str(ckpt), "--run-dir checkpoint") if (ckpt / "tokenizer.json").exists() \
+                policy_tok = load_tokenizer(str(ckpt), "--policy checkpoint") if (ckpt / "tokenizer.json").exists() \
                     or (ckpt / "tokenizer_config.json").exists() else tokenizer
                 policy = load_model(str(ckpt), dtype=args.dtype, device=args.device, flag=f"checkpoint {ckpt.name}")
                 check_same_vocabulary(tokenizer, policy_tok, base_model, policy, base_name=str(args.base),
@@ -195,17 +204,16 @@ def run_evolution(args) -> EvolutionResult:
         logger.warning("evolution: %d of %d checkpoints could not be analysed: %s", len(result.skipped),
                        len(checkpoints), ", ".join(result.skipped))
     if not rows:
-        raise ValueError(f"none of the {len(checkpoints)} checkpoints in {args.run_dir} could be loaded "
+        raise ValueError(f"none of the {len(checkpoints)} checkpoints in {args.policy} could be loaded "
                          f"({next(iter(result.skipped.values()))}). Fix: save full model weights in checkpoints")
 
     final = max(tables)
     final_high = high_positions(tables[final], args.high_js)
     for step, row in rows.items():
         row["jaccard_final"] = jaccard(high_positions(tables[step], args.high_js), final_high)
-    lead = ["step", "checkpoint", "n_tokens", "js_mean", "js_p50", "js_p95", "js_p99",
-            *[f"frac_js_gt_{t:g}" for t in THRESHOLDS], "n_high", "jaccard_final"]
+    lead = ["step", "checkpoint", *stat_names("js"), "n_high", "jaccard_final"]
     frame = pd.DataFrame([rows[s] for s in sorted(rows)])
-    frame = frame[lead + [c for c in frame.columns if c not in lead]]
+    frame = frame.reindex(columns=lead + [c for c in frame.columns if c not in lead])  # old caches: NaN columns
     frame.to_csv(out / "evolution.csv", index=False)
     result.frame = frame
     if not args.no_plots:
@@ -219,7 +227,7 @@ def write_evolution_plots(frame: pd.DataFrame, out: Path) -> dict[str, Path]:
 
     plots = {
         "sparsity": plot_evolution(frame, out / "evolution_sparsity.png",
-                                   columns=[f"frac_js_gt_{t:g}" for t in THRESHOLDS],
+                                   columns=[f"frac_js_gt_{t:g}" for t in DEFAULT_THRESHOLDS],
                                    title="share of probe tokens above each JS threshold", ylabel="fraction of tokens"),
         "quantiles": plot_evolution(frame, out / "evolution_quantiles.png",
                                     columns=["js_mean", "js_p50", "js_p95", "js_p99"],
@@ -238,38 +246,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Token-level shift (base vs each checkpoint-* of a run) on one probe set: evolution.csv + PNGs. "
                     "Re-running analyses only new checkpoints (cache in OUTPUT_DIR/cache).",
     )
-    p.add_argument("--run-dir", required=True, help="training output_dir holding checkpoint-* folders")
-    p.add_argument("--base", required=True, help="base model: local folder or hub id (its tokenizer is used)")
+    add_model_arguments(p, policy_help="the run: a training output_dir whose checkpoint-* folders are the policies",
+                        policy_aliases=("--run-dir",), base_help="base model: local folder or hub id (its tokenizer "
+                                                                  "is used)")
     p.add_argument("--output-dir", required=True, help="where evolution.csv, PNGs, probe and cache go")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--probe", help="probe set JSONL (prompt_ids/completion_ids, or chat-templated prompt/completion "
-                                     "text); default: RUN_DIR/shift_probe_set.jsonl written by the training callback")
-    src.add_argument("--dataset", help="build the probe by sampling the base on this dataset source ('tiny', a local "
+                                     "text); default: POLICY/shift_probe_set.jsonl written by the training callback")
+    add_dataset_arguments(p, dataset=None, split="test", limit=32, dataset_group=src,
+                          limit_help="prompts in a --dataset probe (default 32)",
+                          dataset_help="build the probe by sampling the base on this dataset source ('tiny', a local "
                                        ".json/.jsonl/.parquet, or a hub id; see rewards.data)")
-    p.add_argument("--num-prompts", type=int, default=32, help="prompts in a --dataset probe (default 32)")
-    p.add_argument("--split", default="test", help="dataset split for a --dataset probe (default test)")
+    add_alias(p, "--num-prompts", "--limit", "limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=128, help="completion length budget of a --dataset probe")
-    p.add_argument("--gen-temperature", type=float, default=1.0, help="sampling temperature of a --dataset probe")
-    p.add_argument("--gen-top-p", type=float, default=1.0, help="sampling top-p of a --dataset probe")
-    p.add_argument("--seed", type=int, default=0, help="seed for prompt selection and sampling of a --dataset probe")
+    add_sampling_arguments(p, what="--dataset probe sampling")
+    add_analysis_arguments(p)
     p.add_argument("--chunk-size", type=int, default=512, help="positions per chunk in the divergence computation")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="compare top-p truncated distributions (paper: 0.7); default: full vocabulary")
-    p.add_argument("--temperature", type=float, default=1.0, help="both distributions are softmax(logits / T)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--high-js", type=float, default=0.1, help="'high divergence' threshold for n_high and Jaccard")
-    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16 or auto")
-    p.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
+    p.add_argument("--high-js", type=float, default=DEFAULT_HIGH_THRESHOLD,
+                   help="'high divergence' threshold for n_high and Jaccard")
+    add_runtime_arguments(p, seed_help="seed for prompt selection and sampling of a --dataset probe (default 0)")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_prompts < 1:
-        parser.error(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    check_required(parser, args, "--policy")
+    if args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if not logging.getLogger().handlers:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from diagnostics.jsonl import read_jsonl, rewrite_jsonl
+from diagnostics.models import eos_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +158,7 @@ def build_probe_set(
         raise ValueError("build_probe_set got no prompts. Fix: pass at least one prompt")
     texts = [_render_prompt(tokenizer, p) for p in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
+    eos_ids = set(eos_token_ids(model, tokenizer))  # the generation config's and the tokenizer's end ids
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -183,7 +181,7 @@ def build_probe_set(
                     mask[b, t_max - len(e):] = 1
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                                      temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad_id)  # (B, T + new)
+                                     pad_token_id=pad_id, eos_token_id=sorted(eos_ids) or None)  # (B, T + new)
                 for b, i in enumerate(idx):
                     comp = _cut_completion(out[b, t_max:].tolist(), eos_ids, pad_id)
                     seqs.append(ProbeSequence(

@@ -2,7 +2,7 @@
 
     from diagnostics.summary import summarize, scalar_metrics
     summary = summarize(table)          # nested, JSON-serialisable (None where undefined)
-    flat = scalar_metrics(summary)      # {"js_mean": ..., "frac_js_gt_0.1": ..., "gini": ...}
+    flat = scalar_metrics(summary)      # {"js_mean": ..., "frac_js_gt_0.1": ..., "js_gini": ...}
 
 Sections (Meng et al., arXiv 2603.22446, §"token-level shift"; docs/diagnostics.md explains each):
 - `sparsity`: fraction of tokens with JS above each threshold, JS quantiles, the CDF on a log
@@ -25,6 +25,16 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
+
+from diagnostics.shift_stats import (
+    DEFAULT_HIGH_THRESHOLD,
+    DEFAULT_QUANTILES,
+    DEFAULT_THRESHOLDS,
+    gini_sorted,
+    shift_stats,
+    top_share_sorted,
+)
 
 LN2 = math.log(2.0)
 TOP_SHARES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # "top x% of tokens hold y% of total JS"
@@ -45,16 +55,8 @@ def _fmt(t: float) -> str:
 
 
 def gini(values: np.ndarray) -> float | None:
-    """Gini coefficient of non-negative values: 0 = all equal, → 1 = all mass on one token.
-
-    With x ascending and i = 1..n:  G = 2 Σ_i i·x_i / (n Σ_i x_i) − (n + 1) / n.
-    """
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n, total = len(x), x.sum()
-    if n == 0 or total <= 0:
-        return None
-    i = np.arange(1, n + 1)
-    return float(2.0 * (i * x).sum() / (n * total) - (n + 1) / n)
+    """Gini coefficient of non-negative values (`diagnostics.shift_stats.gini_sorted`); None when undefined."""
+    return _f(gini_sorted(torch.sort(torch.as_tensor(np.asarray(values, dtype=np.float64))).values))
 
 
 def lorenz_curve(values: np.ndarray, points: int = 101) -> dict[str, list[float]] | None:
@@ -70,20 +72,15 @@ def lorenz_curve(values: np.ndarray, points: int = 101) -> dict[str, list[float]
 
 
 def top_share(values: np.ndarray, fraction: float) -> float | None:
-    """Share of total JS held by the top `fraction` of tokens (at least one token)."""
-    x = np.sort(np.asarray(values, dtype=np.float64))[::-1]
-    total = x.sum()
-    if len(x) == 0 or total <= 0:
-        return None
-    k = max(1, int(math.ceil(fraction * len(x) - 1e-9)))
-    return float(x[:k].sum() / total)
+    """Share of total JS held by the top `fraction` of tokens (`diagnostics.shift_stats.top_share_sorted`)."""
+    return _f(top_share_sorted(torch.sort(torch.as_tensor(np.asarray(values, dtype=np.float64))).values, fraction))
 
 
 def summarize(
     table: pd.DataFrame,
     *,
-    thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2),
-    high_js: float = 0.1,
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
+    high_js: float = DEFAULT_HIGH_THRESHOLD,
     js_bin_edges: tuple[float, ...] = JS_BIN_EDGES,
     top_tokens: int = 20,
 ) -> dict:
@@ -109,18 +106,24 @@ def summarize(
         "thresholds": [float(t) for t in thresholds],
     }
 
-    # ---- sparsity -------------------------------------------------------------------------------
-    q = (lambda p: _f(np.quantile(js, p))) if n else (lambda p: None)
+    # ---- the flat statistics (one implementation: diagnostics.shift_stats) ---------------------------
+    ent = {f"entropy_{w}": table[f"entropy_{w}"].to_numpy(dtype=np.float64) if f"entropy_{w}" in table else None
+           for w in ("base", "policy")}
+    stats = shift_stats(js, measure="js", entropy_base=ent["entropy_base"], entropy_policy=ent["entropy_policy"],
+                        thresholds=thresholds, high_threshold=high_js)
+    out["scalars"] = {k: _f(v) for k, v in stats.items()}
+
+    # ---- sparsity (the nested view the report and plots read; values from `stats`) ---------------
     sparsity = {
-        "frac_js_gt": {_fmt(t): _f((js > t).mean()) if n else None for t in thresholds},
-        "frac_js_le": {_fmt(t): _f((js <= t).mean()) if n else None for t in thresholds},
-        "js_mean": _f(js.mean()) if n else None,
-        "js_quantiles": {f"p{p}": q(p / 100) for p in (50, 90, 95, 99)},
-        "js_max": _f(js.max()) if n else None,
+        "frac_js_gt": {_fmt(t): _f(stats[f"frac_js_gt_{t:g}"]) for t in thresholds},
+        "frac_js_le": {_fmt(t): _f(1.0 - stats[f"frac_js_gt_{t:g}"]) for t in thresholds},
+        "js_mean": _f(stats["js_mean"]),
+        "js_quantiles": {f"p{p}": _f(stats[f"js_p{p}"]) for p in DEFAULT_QUANTILES},
+        "js_max": _f(stats["js_max"]),
         "cdf": {"js": list(CDF_GRID),
                 "frac_le": [_f((js <= g).mean()) if n else None for g in CDF_GRID]},
         "lorenz": lorenz_curve(js),
-        "gini": gini(js),
+        "gini": _f(stats["js_gini"]),
         "top_share": {_fmt(100 * f) + "%": top_share(js, f) for f in TOP_SHARES},
     }
     out["sparsity"] = sparsity
@@ -200,25 +203,23 @@ def summarize(
 def scalar_metrics(summary: dict) -> dict[str, float]:
     """Flatten a summary into `name -> float` for loggers (NaN where undefined, so keys are stable).
 
-    Keys: js_mean, js_p50/p90/p95/p99, js_max, frac_js_gt_<t> per threshold, gini,
-    top1pct_share / top5pct_share / top10pct_share, js_mean_decile_0..9,
-    realloc_frac_top1_equal, realloc_frac_in_base_top3, realloc_frac_base_prob_lt_0.01,
-    overlap_high@1..5, n_tokens, n_high.
+    Keys: the `diagnostics.shift_stats.shift_stats` keys of the JS column (`n_tokens`, `js_mean`,
+    `js_p50/p90/p95/p99`, `js_max`, `frac_js_gt_<t>`, `js_top{1,5,10}pct_share`, `js_gini`,
+    `entropy_{base,policy}_{mean,high_mean,low_mean}`; docs/vocabulary.md), then `n_high`,
+    `js_mean_decile_0..9`, `realloc_frac_top1_equal`, `realloc_frac_in_base_top3`,
+    `realloc_frac_base_prob_lt_0.01`, `overlap_high@1..5`.
     """
     nan = float("nan")
 
     def v(x) -> float:
         return nan if x is None else float(x)
 
-    sp, re = summary["sparsity"], summary["reallocation"]
-    out: dict[str, float] = {"n_tokens": float(summary["n_tokens"]), "n_high": float(re["n_high"]),
-                             "js_mean": v(sp["js_mean"]), "js_max": v(sp["js_max"]), "gini": v(sp["gini"])}
-    for name, val in sp["js_quantiles"].items():
-        out[f"js_{name}"] = v(val)
-    for t, val in sp["frac_js_gt"].items():
-        out[f"frac_js_gt_{t}"] = v(val)
-    for pct in ("1%", "5%", "10%"):
-        out[f"top{pct[:-1]}pct_share"] = v(sp["top_share"].get(pct))
+    if "scalars" not in summary:
+        raise ValueError("this summary has no 'scalars' section (written by an older sparse-rlvr); re-run the "
+                         "analysis (sparse-rlvr shift / evolution) to rebuild it")
+    re = summary["reallocation"]
+    out: dict[str, float] = {k: v(val) for k, val in summary["scalars"].items()}
+    out["n_high"] = float(re["n_high"])
     for row in summary.get("position", []):
         out[f"js_mean_decile_{row['decile']}"] = v(row["js_mean"])
     out["realloc_frac_top1_equal"] = v(re["frac_top1_equal"])

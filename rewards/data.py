@@ -162,14 +162,25 @@ def load_math_dataset(source: str = "tiny", split: str = "train", *, num_samples
 GOLD_FORMATS = ("auto", "gsm8k", "boxed", "math", "plain")
 
 
-def add_dataset_arguments(parser) -> None:
-    """The column-mapping flags every CLI that reads a math dataset shares.
+def add_dataset_arguments(parser, *, dataset: str | None = "tiny", split: str = "test", limit: int | None = None,
+                          limit_help: str | None = None, dataset_group=None, dataset_help: str | None = None) -> None:
+    """The math-dataset flags of every CLI, identical everywhere (docs/vocabulary.md):
 
-    The CLI adds its own `--dataset`, `--split` and `--limit` (their defaults differ per command);
-    `dataset_from_args` reads all of them.
+    `--dataset`, `--dataset-config`, `--split`, `--limit`, `--problem-column`, `--answer-column`,
+    `--gold-format`, `--system-prompt`. Only the defaults differ per command (keyword arguments);
+    `dataset_group` puts `--dataset` into a mutually exclusive group (e.g. with `--data`/`--probe`).
+    `dataset_from_args` reads them all.
     """
+    (dataset_group or parser).add_argument(
+        "--dataset", default=dataset,
+        help=dataset_help or "math dataset: 'tiny' (the generated tiny world, offline), a local .json/.jsonl/.parquet "
+                             "file or folder, or a hub id" + (f" (default {dataset})" if dataset else ""))
     parser.add_argument("--dataset-config", default=None,
                         help="hub dataset configuration name (e.g. 'main' for openai/gsm8k)")
+    parser.add_argument("--split", default=split, help=f"dataset split (default {split})")
+    parser.add_argument("--limit", type=int, default=limit,
+                        help=limit_help or f"use the first N problems (tiny: how many to generate; default "
+                                           f"{'all' if limit is None else limit})")
     parser.add_argument("--problem-column", default="problem", help="column with the problem text (default: problem)")
     parser.add_argument("--answer-column", default="answer",
                         help="column with the gold answer or solution (default: answer)")

@@ -1,7 +1,9 @@
 """The package installs, the console script dispatches, and the tokenizer survives a save/load."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_console_script_lists_subcommands():
@@ -31,3 +33,29 @@ def test_autotokenizer_reproduces_ids(tiny_model_dir, tiny_tokenizer):
     full = loaded.apply_chat_template(msgs + [{"role": "assistant", "content": "1+2=3 \\boxed{3}"}], tokenize=False)
     assert full.startswith(prompt) and full.endswith(loaded.eos_token)
     assert loaded.pad_token_id is not None and loaded.pad_token_id != loaded.eos_token_id
+
+
+def test_trl_version_is_checked_only_by_the_trainer():
+    """shift / cross-sample / evolution / eval import with any TRL; the trainer (private TRL hooks) refuses it."""
+    code = (
+        "import importlib.metadata as md\n"
+        "real = md.version\n"
+        "md.version = lambda name: '0.0.1' if name == 'trl' else real(name)\n"
+        "import diagnostics.cli_shift, diagnostics.cross_sampling_cli, diagnostics.evolution, train.evaluate, "
+        "train.cli, train.sft\n"
+        "for name in ('shift', 'cross-sample', 'evolution', 'eval'):\n"
+        "    try:\n"
+        "        train.cli.main([name, '--help'])\n"
+        "    except SystemExit as exit_:\n"
+        "        assert exit_.code == 0, name\n"
+        "try:\n"
+        "    import train.trainer\n"
+        "except ImportError as err:\n"
+        "    print('REFUSED:', err)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REFUSED: sparse-rlvr's trainer is built against trl==1.16.0" in proc.stdout
+    assert "but trl==0.0.1 is installed" in proc.stdout

@@ -38,6 +38,35 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def flags_markdown() -> str:
+    """docs/cli.md's flag tables, generated from every subcommand's argparse parser (`build_parser`).
+
+    Regenerate: `python -c "from train.cli import flags_markdown; print(flags_markdown())" > docs/cli.md`;
+    tests/test_cli_flags.py fails when the file drifts. `grpo` takes TRL-style `--field value` flags for every
+    config field instead (see docs/trainer.md and `sparse-rlvr grpo --help`).
+    """
+    from diagnostics.cli_args import flags_of
+
+    lines = ["# `sparse-rlvr` flags, per subcommand", "",
+             "Generated from the parsers by `train.cli.flags_markdown()` (do not edit by hand; "
+             "`tests/test_cli_flags.py` checks it). The names follow docs/vocabulary.md; deprecated aliases "
+             "(`--rl`, `--run-dir`, `--gen-temperature`, `--num-prompts`, `--num-problems`, and `--temperature`/"
+             "`--top-p` in `eval`/`cross-sample`) still work, warn, and are not listed.", ""]
+    for name, (module_name, desc) in SUBCOMMANDS.items():
+        lines += [f"## `sparse-rlvr {name}`", "", desc + ".", ""]
+        module = importlib.import_module(module_name)
+        if not hasattr(module, "build_parser"):
+            lines += ["Every `DivergenceGRPOConfig` / `GRPOConfig` / `ModelConfig` field as `--field value` "
+                      "(YAML `--config` first); see docs/trainer.md and `sparse-rlvr grpo --help`.", ""]
+            continue
+        lines += ["| flag | meaning |", "|---|---|"]
+        for flags, text in flags_of(module.build_parser()):
+            text = text.replace("|", "\\|")
+            lines.append(f"| `{flags}` | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -49,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[name][0]
+    from diagnostics.cli_args import quiet_third_party_warnings
+
+    verbose = "--verbose" in rest
+    if verbose and name == "grpo":  # TrlParser knows no --verbose: it is the dispatcher's flag there
+        rest = [a for a in rest if a != "--verbose"]
+    quiet_third_party_warnings(verbose or None)  # before the subcommand imports its libraries
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

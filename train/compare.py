@@ -46,8 +46,8 @@ VARIANTS: dict[str, list[str]] = {
     "entropy_8020": ["--weighting", "none", "--top_entropy_quantile", "0.2"],
 }
 BASELINE = "none"  # the paired comparison's reference variant
-SHIFT_KEYS = ("shift/divergence_mean", "shift/divergence_p99", "shift/frac_above_0.01", "shift/weight_mean",
-              "shift/weight_p99")
+SHIFT_KEYS = ("shift/js_mean", "shift/js_p99", "shift/frac_js_gt_0.01", "shift/weight_mean",
+              "shift/weight_p99")  # measure js (default)
 
 
 def variant_args(name: str) -> list[str]:
@@ -76,6 +76,8 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diagnostics.cli_args import add_verbose_argument
+
     p = argparse.ArgumentParser(prog="sparse-rlvr compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=str(Path(__file__).resolve().parent / "recipes" / "tiny_grpo.yaml"),
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base model every run starts from (sets --model_name_or_path; default: the recipe's)")
     p.add_argument("--group", default=None, help="wandb group (default: the output dir's name)")
     p.add_argument("--dry-run", action="store_true", help="only write commands.sh (e.g. for a GPU cluster)")
+    add_verbose_argument(p)
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="after `--`: extra train/grpo.py arguments for every run, e.g. -- --max_steps 100")
     return p

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
 from rewards.extract import EXTRACTION_MODES
 from train.weighting import RENORMALIZE_MODES, SCALED_WEIGHTINGS, WEIGHTING_REGISTRY, WeightingParams
 
@@ -96,7 +97,7 @@ class DivergenceGRPOConfig(GRPOConfig):
         },
     )
     high_divergence_threshold: float = field(
-        default=0.1,
+        default=DEFAULT_HIGH_THRESHOLD,
         metadata={
             "help": "D above which a token counts as 'high divergence' for the shift/ entropy metrics (the paper's "
             f"JS > 0.1, {PAPER})."
@@ -181,6 +182,26 @@ class DivergenceGRPOConfig(GRPOConfig):
             "'sequence' (per completion) or 'batch' (over the global generation batch, summed across processes)."
         },
     )
+    shift_probe_every_n_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Shift monitoring: every N optimizer steps and at each checkpoint save, teacher-force the base and "
+            "the current policy on a fixed probe set and log shift_probe/* (the same names as shift/*; "
+            "diagnostics.callbacks.ShiftDiagnosticsCallback; also shift_probe.jsonl and a summary per checkpoint). "
+            "0 = off."
+        },
+    )
+    shift_probe_num_prompts: int = field(
+        default=16,
+        metadata={"help": "Prompts in the shift probe set (shift_probe_source 'eval'): completions sampled once from "
+                          "the initial policy (= the base), seeded, at the training temperature."},
+    )
+    shift_probe_source: str = field(
+        default="eval",
+        metadata={"help": "Where the shift probe set comes from: 'eval' (the first shift_probe_num_prompts problems of "
+                          "dataset_test_split) or the path of a probe-set JSONL file (prompt_ids/completion_ids or "
+                          "chat-templated prompt/completion text; e.g. an earlier run's shift_probe_set.jsonl)."},
+    )
     extraction: str = field(
         default="lenient",
         metadata={
@@ -194,6 +215,13 @@ class DivergenceGRPOConfig(GRPOConfig):
         super().__post_init__()
         if self.extraction not in EXTRACTION_MODES:
             raise ValueError(f"extraction={self.extraction!r} is unknown; set it to one of {EXTRACTION_MODES}.")
+        if self.shift_probe_every_n_steps < 0:
+            raise ValueError(f"shift_probe_every_n_steps={self.shift_probe_every_n_steps} must be >= 0 (0 = off).")
+        if self.shift_probe_num_prompts < 1:
+            raise ValueError(f"shift_probe_num_prompts={self.shift_probe_num_prompts} must be >= 1.")
+        if self.shift_probe_source != "eval" and not self.shift_probe_source.endswith(".jsonl"):
+            raise ValueError(f"shift_probe_source={self.shift_probe_source!r} is neither 'eval' nor a .jsonl probe "
+                             "file; set one of them.")
         if self.divergence_source not in DIVERGENCE_SOURCES:
             raise ValueError(
                 f"divergence_source={self.divergence_source!r} is unknown; set it to one of {DIVERGENCE_SOURCES}."

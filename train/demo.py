@@ -60,6 +60,18 @@ def _wandb_mode() -> str | None:
     return "online" if logged_in else "offline"
 
 
+def reporting_backend(out: Path, project: str) -> str:
+    """`report_to` for the demo's training runs: wandb (online if logged in, else offline under `out`),
+    or tensorboard when wandb is absent or `WANDB_MODE=disabled`. Sets the WANDB_* variables it needs."""
+    wandb_mode = _wandb_mode()
+    if wandb_mode is None:
+        return "tensorboard"
+    os.environ["WANDB_MODE"] = wandb_mode
+    os.environ.setdefault("WANDB_DIR", str(out))
+    os.environ.setdefault("WANDB_PROJECT", project)
+    return "wandb" if wandb_mode != "disabled" else "tensorboard"
+
+
 class Stages:
     """Runs named stages once: a stage is done when `<out>/<name>/.done` exists."""
 
@@ -95,7 +107,7 @@ def _eval(model: Path, out_file: Path, problems: int, samples: int, seed: int) -
     from train.evaluate import main as eval_main
 
     eval_main(["--model", str(model), "--split", "test", "--limit", str(problems), "--num-samples", str(samples),
-               "--temperature", "1.0", "--seed", str(seed), "--output", str(out_file)])
+               "--sample-temperature", "1.0", "--seed", str(seed), "--output", str(out_file)])
     return json.loads(out_file.read_text())
 
 
@@ -104,6 +116,8 @@ def _accuracy(result: dict) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diagnostics.cli_args import add_verbose_argument
+
     p = argparse.ArgumentParser(prog="sparse-rlvr demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-dir", default="outputs/demo", help="where every stage and the report go")
@@ -118,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
     p.add_argument("--world", choices=("tiny", "real"), default="tiny",
                    help="'real': SmolLM2-135M-Instruct on GSM8K (`sparse-rlvr demo --world real --help`)")
+    add_verbose_argument(p)
     return p
 
 
@@ -140,13 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, args.force)
-    wandb_mode = _wandb_mode()
-    report_to = "tensorboard"
-    if wandb_mode is not None:
-        os.environ["WANDB_MODE"] = wandb_mode
-        os.environ.setdefault("WANDB_DIR", str(out))
-        os.environ.setdefault("WANDB_PROJECT", "sparse-rlvr-demo")
-        report_to = "wandb" if wandb_mode != "disabled" else "tensorboard"
+    report_to = reporting_backend(out, "sparse-rlvr-demo")
     t0 = time.monotonic()
 
     # 1. base
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rl_name = "grpo-sigmoid"
     cross = stages.run("cross", lambda p: cross_main([
-        "--base", str(base), "--rl", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
+        "--base", str(base), "--policy", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
         "--values", cfg["cross_values"], "--num-samples", str(cfg["cross_samples"]), "--dataset", "tiny",
         "--split", "test", "--limit", str(cfg["cross_problems"]), "--seed", str(args.seed),
         "--output-dir", str(p)]))

@@ -1,6 +1,6 @@
 """Sample K completions per problem and report mean@K / pass@K accuracy (and greedy if asked).
 
-    sparse-rlvr eval --model outputs/tiny-base --split test --num-samples 8 --temperature 1.0 \
+    sparse-rlvr eval --model outputs/tiny-base --split test --num-samples 8 --sample-temperature 1.0 \
         --output outputs/eval.json
     sparse-rlvr eval --model Qwen/Qwen2.5-Math-1.5B --dataset data/math500.jsonl \
         --answer-column solution --gold-format boxed --system-prompt "Put the final answer in \\boxed{}." \
@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 from pathlib import Path
 
+from diagnostics.cli_args import add_runtime_arguments, add_sampling_arguments
 from rewards.data import add_dataset_arguments
 from rewards.registry import add_reward_arguments
 
@@ -39,33 +38,19 @@ def _score_batch(completions: list[str], golds: list[str], extraction: str = "le
     return list(score_batch(completions, golds, extraction=extraction, finished=finished))
 
 
-def _load(model_or_path, tokenizer):
-    """(model, tokenizer) from a model object or a local path / hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+def _load(model_or_path, tokenizer, *, dtype="float32", device="auto"):
+    """(model, tokenizer) from a model object or a local path / hub id (`diagnostics.models`, the one loader)."""
+    from transformers import PreTrainedModel
+
+    from diagnostics.models import load_model, load_tokenizer
 
     if isinstance(model_or_path, PreTrainedModel):
         if tokenizer is None:
             raise ValueError("evaluate_model got a model object but no tokenizer. Fix: pass tokenizer=...")
         return model_or_path, tokenizer
     path = str(model_or_path)
-    local = Path(path).expanduser()
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if not local.exists() and (path.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path)):
-        raise FileNotFoundError(f"model path {path} does not exist. "
-                                "Fix: pass a directory written by save_pretrained (e.g. by "
-                                "`sparse-rlvr tiny-base --output-dir DIR`) or a hub model id")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"model path {path} has no config.json, so it is not a saved model. Fix: pass the "
-                                "directory that save_pretrained wrote")
-    try:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
-    except OSError as err:
-        where = "is not a local directory and not in the hub cache (the hub is offline)" if offline else \
-            f"could not be loaded: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        raise FileNotFoundError(f"model path {path} does not exist or {where}. Fix: pass a directory written by "
-                                "save_pretrained, or a hub model id with network access") from err
-    return model, tokenizer
+    tokenizer = tokenizer or load_tokenizer(path, "--model")
+    return load_model(path, dtype=dtype, device=device, flag="--model"), tokenizer
 
 
 def _check_dataset(dataset):
@@ -84,8 +69,11 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
     import torch
     from tqdm.auto import tqdm
 
+    from diagnostics.models import eos_token_ids
+
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = eos_token_ids(model, tokenizer)  # the generation config's end-of-turn ids too, not only the tokenizer's
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {
         "do_sample": False}
     out: list[str] = []
@@ -95,7 +83,7 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
                           add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             seqs = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                  eos_token_id=tokenizer.eos_token_id, **sampling)  # (b, T_prompt + T_new)
+                                  eos_token_id=eos or None, **sampling)  # (b, T_prompt + T_new)
         completion_ids = seqs[:, batch["input_ids"].shape[1]:]  # (b, T_new)
         out += tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         # generate pads a row after its EOS, so a row that stopped early contains the EOS id
@@ -106,7 +94,8 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
 
 def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int = 8, temperature: float = 1.0,
                    top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
-                   greedy: bool = False, progress: bool = True, extraction: str = "lenient") -> dict:
+                   greedy: bool = False, progress: bool = True, extraction: str = "lenient", dtype: str = "float32",
+                   device: str | None = "auto") -> dict:
     """Sample `num_samples` completions per problem of `dataset` and score them against `answer`.
 
     Args:
@@ -118,6 +107,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         greedy: additionally decode greedily once per problem and report `greedy` accuracy.
         seed: torch seed for sampling (same seed + batch size -> same samples).
         extraction: the reward's answer extraction, "lenient" (default) or "strict" (`rewards.math`).
+        dtype, device: for a path (`diagnostics.models.load_model`); a model object is used where it is.
 
     Returns:
         {"mean@K", "pass@K", "greedy" (if asked), "num_problems", "num_samples", "temperature",
@@ -134,7 +124,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
     _check_dataset(dataset)
-    model, tokenizer = _load(model_or_path, tokenizer)
+    model, tokenizer = _load(model_or_path, tokenizer, dtype=dtype, device=device)
     was_training = model.training
     model.eval()
 
@@ -185,22 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sparse-rlvr eval",
         description="Sample K completions per problem and write mean@K / pass@K (and greedy) accuracy as JSON.")
     p.add_argument("--model", required=True, help="saved model directory (save_pretrained) or hub model id")
-    p.add_argument("--dataset", default="tiny",
-                   help="'tiny' (default, generated offline), a local .json/.jsonl/.parquet file or folder, or a hub id")
-    p.add_argument("--split", default="test", help="dataset split (default: test)")
-    add_dataset_arguments(p)
+    add_dataset_arguments(p, dataset="tiny", split="test", limit=None,
+                          limit_help="number of problems (tiny: how many to generate, default 200 for test; others: "
+                                     "first N rows)")
     add_reward_arguments(p)
-    p.add_argument("--limit", type=int, default=None,
-                   help="number of problems (tiny: how many to generate, default 200 for test; others: first N rows)")
     p.add_argument("--num-samples", type=int, default=8, help="K samples per problem (default 8)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top-p (default 1.0 = off)")
+    add_sampling_arguments(p, legacy_plain=True)
     p.add_argument("--greedy", action="store_true", help="also decode greedily once per problem and report it")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed and tiny-world problem seed (default 0)")
+    add_runtime_arguments(p, seed_help="sampling seed and tiny-world problem seed (default 0)")
     p.add_argument("--output", default=None, help="write the full result (incl. per-problem completions) to this JSON")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 
@@ -217,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     from rewards.data import dataset_from_args
 
     dataset = dataset_from_args(args)
-    result = evaluate_model(args.model, dataset, num_samples=args.num_samples, temperature=args.temperature,
-                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            seed=args.seed, greedy=args.greedy, progress=not args.no_progress,
-                            extraction=args.extraction)
+    result = evaluate_model(args.model, dataset, num_samples=args.num_samples, temperature=args.sample_temperature,
+                            top_p=args.sample_top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            seed=args.seed, greedy=args.greedy, progress=args.progress, extraction=args.extraction,
+                            dtype=args.dtype, device=args.device or "auto")
     result = {"model": str(args.model), "dataset": args.dataset, "split": args.split, **result}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

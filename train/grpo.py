@@ -202,6 +202,41 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
     )
 
 
+def attach_shift_probe(trainer, script_args: GRPOScriptArguments, training_args, model_args):
+    """`shift_probe_every_n_steps > 0`: attach `ShiftDiagnosticsCallback` (shift_probe/* every N steps and at
+    each save; see `DivergenceGRPOConfig.shift_probe_*`). Returns the callback, or None when off.
+
+    Base: the trainer's frozen base model when it holds one (prepared like the policy, so DDP / ZeRO-2 / ZeRO-3
+    work without a second copy); with PEFT (base = the adapter-disabled policy) the base path is loaded once;
+    with source 'old' (no base loaded) the policy's step-0 weights are snapshotted.
+    """
+    if training_args.shift_probe_every_n_steps <= 0:
+        return None
+    from diagnostics.callbacks import ShiftDiagnosticsCallback
+
+    source = training_args.shift_probe_source
+    if source == "eval":
+        split = load_split(script_args, script_args.dataset_test_split, training_args.shift_probe_num_prompts)
+        probe = list(split["prompt"][: training_args.shift_probe_num_prompts])
+    else:
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"shift_probe_source={source!r} does not exist. Fix: pass a probe-set .jsonl "
+                                    "file or 'eval'")
+        probe = source
+    generation = {"max_new_tokens": training_args.max_completion_length, "temperature": training_args.temperature,
+                  "top_p": training_args.top_p, "seed": training_args.seed}
+    from_trainer = getattr(trainer, "base_model", None) is not None
+    base = None
+    if not from_trainer and trainer._base_is_policy_adapterless:  # PEFT: load the base weights once for the probe
+        base = training_args.base_model_name_or_path or model_args.model_name_or_path
+    callback = ShiftDiagnosticsCallback(
+        probe, base_model=base, every_n_steps=training_args.shift_probe_every_n_steps, evaluate_on_save=True,
+        chunk_size=training_args.divergence_chunk_size, high_js=training_args.high_divergence_threshold,
+        probe_generation=generation,
+    )
+    return callback.attach(trainer, base_from_trainer=from_trainer)
+
+
 def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
     """mean@K / pass@K of the trained model on the held-out split; main process only.
 
@@ -252,6 +287,7 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
 def run(script_args: GRPOScriptArguments, training_args, model_args, *, callbacks=None) -> dict:
     """Train, save, evaluate. Returns {'train': train metrics, 'eval': final evaluation or None}."""
     trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    attach_shift_probe(trainer, script_args, training_args, model_args)
     trainer.accelerator.print(
         f"divergence: source {training_args.divergence_source!r}, measure {training_args.divergence_measure!r}, "
         f"weighting {training_args.weighting!r}, computed at {trainer.divergence_timing} time"
@@ -286,6 +322,9 @@ def main(script_args=None, training_args=None, model_args=None, *, callbacks=Non
     `sparse-rlvr grpo ARGS` calls `main([ARGS])`; `python train/grpo.py ARGS` calls `main()`.
     """
     if training_args is None:
+        from diagnostics.cli_args import quiet_third_party_warnings
+
+        quiet_third_party_warnings()  # `accelerate launch train/grpo.py`: third-party deprecation notices hidden
         argv = script_args if isinstance(script_args, list) else None
         script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

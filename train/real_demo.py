@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -197,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.demo import Stages, _wandb_mode
+    from train.demo import Stages, reporting_backend
     from train.real_world import SPLITS, check_folder, setup
 
     args = build_parser().parse_args(argv)
@@ -224,13 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     templates = {json.loads(line)["question"]: json.loads(line)["template_split"]
                  for line in (data_dir / f"{SPLITS['test']}.jsonl").read_text().splitlines()}
     stages = Stages(out, args.force)
-    wandb_mode = _wandb_mode()
-    report_to = "tensorboard"
-    if wandb_mode is not None:
-        os.environ["WANDB_MODE"] = wandb_mode
-        os.environ.setdefault("WANDB_DIR", str(out))
-        os.environ.setdefault("WANDB_PROJECT", "sparse-rlvr-demo-real")
-        report_to = "wandb" if wandb_mode != "disabled" else "tensorboard"
+    report_to = reporting_backend(out, "sparse-rlvr-demo-real")
 
     models = {"base": base}
     evals = {}
@@ -260,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rl_name = "grpo-js"
     cross = stages.run("cross", lambda p: cross_main([
-        "--base", str(base), "--rl", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
+        "--base", str(base), "--policy", str(models[rl_name]), "--direction", "both", "--rule", "js_threshold",
         "--values", cfg["cross_values"], "--num-samples", str(cfg["cross_samples"]),
-        *data_flags(data_dir, SPLITS["test"], cfg["cross_problems"]), "--temperature", str(cfg["temperature"]),
+        *data_flags(data_dir, SPLITS["test"], cfg["cross_problems"]), "--sample-temperature", str(cfg["temperature"]),
         "--max-new-tokens", str(cfg["max_new_tokens"]), "--batch-size", str(cfg["batch_size"]),
         "--seed", str(args.seed), *dtype, "--output-dir", str(p)]))
     cross_summary = json.loads((cross / "summary.json").read_text())

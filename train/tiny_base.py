@@ -280,6 +280,8 @@ def _train_and_save(config: TinyBaseConfig, out: Path, *, preset: str, time_budg
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diagnostics.cli_args import add_verbose_argument
+
     defaults = TinyBaseConfig()
     p = argparse.ArgumentParser(
         prog="sparse-rlvr tiny-base",
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional wall-clock cap on SFT in seconds; stops early (non-reproducibly) if hit")
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_verbose_argument(p)
     return p
 
 

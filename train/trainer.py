@@ -25,11 +25,14 @@ Where this departs from the paper (see docs/trainer.md):
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import os
-import warnings
+from train import check_trl_version
+
+check_trl_version()  # before importing TRL internals: this module overrides private GRPOTrainer methods
+
+import copy  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import warnings  # noqa: E402
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -42,17 +45,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, maybe_gather_lm_head_ctx, use_adapter
+from trl.trainer.utils import disable_dropout_in_model, maybe_gather_lm_head_ctx, use_adapter
 
-from diagnostics.divergence import (
-    DIVERGENCE_REGISTRY,
-    get_divergence,
-    get_sampled_estimator,
-    log_probs,
-    log_probs_,
-    pair_measures,
-    pair_measures_,
-)
+from diagnostics.divergence import DIVERGENCE_REGISTRY, get_sampled_estimator, pair_rows
+from diagnostics.models import check_same_vocabulary, load_model
+from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, shift_stats
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
 from train.weighting import TOKEN_LOCAL_WEIGHTINGS, ScaleReference, compute_weights
 
@@ -61,9 +58,6 @@ from train.weighting import TOKEN_LOCAL_WEIGHTINGS, ScaleReference, compute_weig
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
 WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
-QUANTILES = (0.5, 0.9, 0.99)
-SPARSITY_THRESHOLDS = (0.01, 0.05, 0.1)
-TOP_SHARES = (0.01, 0.05, 0.2)
 
 
 class DivergenceWeightedGRPOTrainer(GRPOTrainer):
@@ -222,30 +216,26 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         peft_model.set_adapter("default")  # train the policy's adapter, not the copy
 
     def _load_base(self, path: str, policy_dtype: torch.dtype):
+        """The base through the project's one loader (`diagnostics.models.load_model`), with TRL's model kwargs."""
         kwargs = dict(self.args.model_init_kwargs or {})
         kwargs.pop("quantization_config", None)
         dt = self.args.base_model_dtype
-        kwargs["dtype"] = policy_dtype if dt == "policy" else dt
+        dtype = policy_dtype if dt == "policy" else dt
+        kwargs.pop("dtype", None)
         if self.args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
             kwargs["device_map"] = None
+        # as TRL's create_model_from_path: no device_map on CPU (the accelerator places the model)
+        kwargs.setdefault("device_map", None if self.accelerator.device.type in ("cpu", "mps") else "auto")
         kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
-        try:
-            return create_model_from_path(path, **kwargs)
-        except OSError as err:
-            raise FileNotFoundError(
-                f"base_model_name_or_path={path!r} could not be loaded ({err}); point it at a local model directory "
-                "sharing the policy's tokenizer."
-            ) from None
+        return load_model(path, dtype=dtype, device=None, flag="base_model_name_or_path", **kwargs)
 
     def _check_vocab(self, base) -> None:
-        v_base = base.config.get_text_config().vocab_size
-        v_pol = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
-        if v_base != v_pol:
-            raise ValueError(
-                f"base model vocabulary ({v_base} tokens) differs from the policy's ({v_pol} tokens); the per-token "
-                "divergence needs one shared vocabulary: set base_model_name_or_path to a model with the policy's "
-                "tokenizer."
-            )
+        """`diagnostics.models.check_same_vocabulary` (the one check) on base vs policy, with the policy's tokenizer."""
+        tok = self.processing_class
+        check_same_vocabulary(tok, tok, base, self.accelerator.unwrap_model(self.model),
+                              base_name=(f"base_model_name_or_path={self.args.base_model_name_or_path}"
+                                         if self.args.base_model_name_or_path else "the policy's initial weights"),
+                              policy_name="policy")
 
     @property
     def divergence_timing(self) -> str:
@@ -365,7 +355,6 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         temp = args.divergence_temperature or self.temperature
         measure = args.divergence_measure
         sampled = measure not in DIVERGENCE_REGISTRY
-        fn = get_sampled_estimator(measure) if sampled else get_divergence(measure)
         n, c = completion_ids.shape
         if not self._dw_logits_checked:
             self._check_hidden_logits(input_ids[:1], attention_mask[:1], c)
@@ -392,7 +381,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 heads.enter_context(maybe_gather_lm_head_ctx(*base_head))
                 heads.enter_context(maybe_gather_lm_head_ctx(*policy_head))
                 with heads:
-                    self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, fn, sampled)
+                    self._chunk_loop(out, base_rows, policy_rows, tokens, start * c, n_rows, temp, measure, sampled)
         return {k: v.view(n, c) for k, v in out.items()}
 
     @torch.no_grad()
@@ -446,47 +435,16 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
                 stacklevel=2,
             )
 
-    def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, fn, sampled) -> None:
-        """Fill `out[...]` rows [offset, offset + n_rows) chunk by chunk (see `_base_vs_policy`).
-
-        Full-distribution measures (the default) run in five reused float32 `(chunk, V)` buffers: both models'
-        logits are written into two of them and turned into log-probs in place, and `pair_measures_` keeps p, q
-        and its temporary in the other three, so no `(chunk, V)` array is allocated per chunk.
-        """
+    def _chunk_loop(self, out, base_rows, policy_rows, tokens, offset, n_rows, temp, measure, sampled) -> None:
+        """Fill `out[...]` rows [offset, offset + n_rows) through `diagnostics.divergence.pair_rows`, the one
+        chunked base-vs-policy driver (five reused float32 `(chunk, V)` buffers for full distributions)."""
         args = self.args
         top_p = args.divergence_top_p if args.divergence_top_p is not None and args.divergence_top_p < 1.0 else None
-        bufs: list[torch.Tensor] = []
-        for r0 in range(0, n_rows, args.divergence_chunk_size):
-            sl = slice(r0, min(r0 + args.divergence_chunk_size, n_rows))
-            glob = slice(offset + sl.start, offset + sl.stop)
-            if sampled or top_p is not None:
-                lb = log_probs(base_rows(sl), temp)  # (c, V) float32
-                lp = log_probs(policy_rows(sl), temp)  # (c, V) float32
-                ent = pair_measures(lb, lp, (), entropies=True)  # entropies of the full distributions
-                if sampled:
-                    tok = tokens[glob].unsqueeze(-1)  # (c, 1)
-                    # the policy sampled the token: estimate KL(policy ‖ base)
-                    out["div"][glob] = fn(lp.gather(-1, tok).squeeze(-1), lb.gather(-1, tok).squeeze(-1))
-                else:  # log_softmax of log-probs is the identity, so this truncates without a second matmul
-                    trunc = pair_measures(log_probs(lb, 1.0, top_p), log_probs(lp, 1.0, top_p),
-                                          (args.divergence_measure,))
-                    out["div"][glob] = trunc[args.divergence_measure]
-            else:  # one pass: divergence and both entropies share exp() (diagnostics.divergence.pair_measures_)
-                c = sl.stop - sl.start
-                if not bufs:  # the vocabulary size is known from the first chunk's logits
-                    first = base_rows(sl)  # (c, V) model dtype
-                    bufs = [torch.empty(args.divergence_chunk_size, first.size(-1), dtype=torch.float32,
-                                        device=first.device) for _ in range(5)]
-                    lb = bufs[0][:c].copy_(first)
-                    del first
-                else:
-                    lb = base_rows(sl, out=bufs[0][:c])
-                lb = log_probs_(lb, temp)  # (c, V) float32, in place
-                lp = log_probs_(policy_rows(sl, out=bufs[1][:c]), temp)  # (c, V) float32, in place
-                ent = pair_measures_(lb, lp, (args.divergence_measure,), entropies=True, scratch=bufs[2:])
-                out["div"][glob] = ent[args.divergence_measure]
-            out["ent_base"][glob] = ent["entropy_base"]
-            out["ent_policy"][glob] = ent["entropy_policy"]
+        pair_rows(base_rows, policy_rows, n_rows, measures=() if sampled else (measure,), temperature=temp,
+                  top_p=top_p, chunk_size=args.divergence_chunk_size, entropies=True,
+                  tokens=tokens if sampled else None, sampled=measure if sampled else None,
+                  out={measure: out["div"], "entropy_base": out["ent_base"], "entropy_policy": out["ent_policy"]},
+                  offset=offset)
 
     # ----------------------------------------------------------------------------------------------
     # Checkpointed weighting state
@@ -702,51 +660,20 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             self._metrics[mode]["shift/weighting_scale"].append(float("nan") if used is None else used)
             if mode == "train":
                 self._dw_scale_ref.update(allrows[:, 0])
-        for key, value in shift_metrics(allrows, self.args.high_divergence_threshold).items():
+        for key, value in shift_metrics(allrows, self.args.high_divergence_threshold,
+                                       self.args.divergence_measure).items():
             self._metrics[mode][f"shift/{key}"].append(value)
 
 
-def shift_metrics(rows: torch.Tensor, high_threshold: float = 0.1) -> dict[str, float]:
-    """Summary of one batch's per-token divergence. `rows`: `(N, 4)` = [D, H_base, H_policy, weight].
+def shift_metrics(rows: torch.Tensor, high_threshold: float = DEFAULT_HIGH_THRESHOLD,
+                  measure: str = "js") -> dict[str, float]:
+    """The `shift/*` metrics of one batch: `diagnostics.shift_stats.shift_stats` of its token columns.
 
-    divergence_mean, divergence_p{50,90,99}; frac_above_{0.01,0.05,0.1} (sparsity); top{1,5,20}pct_share
-    = Σ of the top ⌈q·N⌉ D / Σ D (concentration); entropy_{base,policy}_{high,low} = mean entropy on
-    tokens with D > high_threshold vs the rest; weight_{mean,max,frac_not_one}. NaN when undefined.
+    `rows`: `(N, 4)` = [D, H_base, H_policy, weight] of the counted tokens; `measure` (the D measure's
+    name) prefixes the divergence keys (`js_mean`, `frac_js_gt_0.1`, ...; docs/vocabulary.md). NaN when undefined.
     """
-    nan = float("nan")
-    n = rows.size(0)
-    if n == 0:
-        return {"num_tokens": 0.0}
-    d = rows[:, 0]
-    d_sorted = torch.sort(d, descending=True).values  # (N,)
-    total = d_sorted.sum()
-    m: dict[str, float] = {"num_tokens": float(n), "divergence_mean": d.mean().item()}
-    for q in QUANTILES:
-        # lower "nearest-rank"-free linear interpolation, like torch.quantile (which caps its input size)
-        pos = q * (n - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        asc_lo, asc_hi = d_sorted[n - 1 - lo], d_sorted[n - 1 - hi]
-        m[f"divergence_p{round(q * 100)}"] = (asc_lo + (asc_hi - asc_lo) * (pos - lo)).item()
-    for t in SPARSITY_THRESHOLDS:
-        m[f"frac_above_{t:g}"] = (d > t).double().mean().item()
-    for q in TOP_SHARES:
-        k = max(1, math.ceil(q * n))
-        m[f"top{round(q * 100)}pct_share"] = (d_sorted[:k].sum() / total).item() if total > 0 else nan
-    high = d > high_threshold
-    for j, name in ((1, "base"), (2, "policy")):
-        ent = rows[:, j]
-        m[f"entropy_{name}_high"] = ent[high].mean().item() if high.any() else nan
-        m[f"entropy_{name}_low"] = ent[~high].mean().item() if (~high).any() else nan
-    w = rows[:, 3]
-    m["weight_mean"] = w.mean().item()
-    m["weight_max"] = w.max().item()
-    w_sorted = torch.sort(w).values  # (N,) ascending
-    for q in (1, 50, 99):  # linear interpolation, like numpy.quantile
-        pos = q / 100 * (n - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        m[f"weight_p{q}"] = (w_sorted[lo] + (w_sorted[hi] - w_sorted[lo]) * (pos - lo)).item()
-    m["weight_frac_not_one"] = (w != 1.0).double().mean().item()
-    return m
+    return shift_stats(rows[:, 0], measure=measure, entropy_base=rows[:, 1], entropy_policy=rows[:, 2],
+                       weights=rows[:, 3], high_threshold=high_threshold)
 
 
 __all__ = ["DivergenceWeightedGRPOTrainer", "shift_metrics"]

@@ -81,7 +81,7 @@ def test_two_process_run_writes_one_set_of_records(backend, tiny_model_dir, tiny
         from diagnostics.evolution import build_parser, run_evolution
 
         res = run_evolution(build_parser().parse_args([
-            "--run-dir", str(out), "--base", str(tiny_model_dir), "--output-dir", str(tmp_path / "evo"),
+            "--policy", str(out), "--base", str(tiny_model_dir), "--output-dir", str(tmp_path / "evo"),
             "--probe", str(probe_path), "--device", "cpu", "--no-plots", "--no-progress"]))
         final = res.frame.set_index("step").loc[3, "js_mean"]
         # DeepSpeed's consolidated "16-bit" save stores the fp32 weights as bfloat16, so the offline

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from diagnostics.cross_sampling import (
-    check_same_vocabulary,
     co_decode,
     encode_prompts,
     rule_uniforms,
@@ -21,6 +20,7 @@ from diagnostics.cross_sampling import (
     token_uniforms,
 )
 from diagnostics.divergence import js_divergence, log_probs
+from diagnostics.models import check_same_vocabulary
 from diagnostics.switching import RULE_REGISTRY, get_rule, register_rule
 
 PROMPTS = ["Compute 12+3.", "Compute 45-6+7-2.", [{"role": "user", "content": "Compute 9+1-4."}]]
@@ -272,12 +272,13 @@ def test_refuses_models_or_tokenizers_that_differ(pair, tiny_tokenizer):
 
     other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer) + 7, hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
-    with pytest.raises(ValueError, match="different output vocabulary sizes"):
-        check_same_vocabulary(pair[0], other)
+    # cross-sampling uses the project's one vocabulary check (diagnostics.models)
+    with pytest.raises(ValueError, match="different vocabulary sizes"):
+        check_same_vocabulary(tiny_tokenizer, tiny_tokenizer, pair[0], other)
     other_tok = build_tokenizer(["zzzz yyyy xyxy zyzy"] * 20)  # other merges: a different vocabulary
-    with pytest.raises(ValueError, match="share one tokenizer"):
-        check_same_vocabulary(pair[0], pair[1], tiny_tokenizer, other_tok)
-    check_same_vocabulary(pair[0], pair[1], tiny_tokenizer, tiny_tokenizer)  # same: accepted
+    with pytest.raises(ValueError, match="same tokenizer"):
+        check_same_vocabulary(tiny_tokenizer, other_tok, pair[0], pair[1])
+    check_same_vocabulary(tiny_tokenizer, tiny_tokenizer, pair[0], pair[1])  # same: accepted
 
 
 def test_rule_registry(monkeypatch):

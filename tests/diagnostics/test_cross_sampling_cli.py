@@ -14,7 +14,7 @@ def test_cli_end_to_end_writes_summary_and_png(tiny_model_dir, tiny_policy_dir, 
     out = tmp_path / "cross"
     # the fixture models are random with a small init: their JS is ~1e-3, so 0.0005 and 0.002 switch
     # some tokens; 0.7 > ln 2 never switches (JS <= ln 2 ≈ 0.693)
-    rc = cli_main(["cross-sample", "--base", str(tiny_model_dir), "--rl", str(tiny_policy_dir), "--direction", "both",
+    rc = cli_main(["cross-sample", "--base", str(tiny_model_dir), "--policy", str(tiny_policy_dir), "--direction", "both",
                    "--rule", "js_threshold", "--values", "0.0005,0.002,0.7", "--num-samples", "2",
                    "--output-dir", str(out), "--dataset", "tiny", "--split", "test", "--limit", "2",
                    "--max-new-tokens", "6", "--batch-size", "3", "--seed", "1", "--device", "cpu"])
@@ -70,11 +70,11 @@ def test_metrics_hand_computed():
 ])
 def test_cli_input_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
-        cli_main(["cross-sample", "--base", "x", "--rl", "y", "--output-dir", str(tmp_path), *extra])
+        cli_main(["cross-sample", "--base", "x", "--policy", "y", "--output-dir", str(tmp_path), *extra])
 
 
 def test_cli_missing_model_path_is_one_line(tmp_path, capsys):
-    rc = cli_main(["cross-sample", "--base", str(tmp_path / "nope"), "--rl", str(tmp_path / "nope"),
+    rc = cli_main(["cross-sample", "--base", str(tmp_path / "nope"), "--policy", str(tmp_path / "nope"),
                    "--values", "0.1", "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "does not exist" in err and len(err.splitlines()) == 1

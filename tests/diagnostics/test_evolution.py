@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from diagnostics.evolution import build_parser, high_positions, jaccard, js_stats, main, run_evolution
+from diagnostics.shift_stats import stat_names
 
 
 def _save_checkpoint(base_dir, run_dir, step: int, noise: float, tokenizer) -> None:
@@ -49,17 +50,17 @@ def test_evolution_csv_plots_and_incremental_rerun(tiny_model_dir, tiny_tokenize
     for step, noise in ((2, 0.02), (4, 0.2)):
         _save_checkpoint(tiny_model_dir, run, step, noise, tiny_tokenizer)
     (run / "checkpoint-3").mkdir()  # a broken checkpoint (no config.json): skipped and counted
-    argv = ["--run-dir", str(run), "--base", str(tiny_model_dir), "--output-dir", str(out), "--dataset", "tiny",
-            "--num-prompts", "6", "--max-new-tokens", "12", "--device", "cpu", "--no-progress"]
+    argv = ["--policy", str(run), "--base", str(tiny_model_dir), "--output-dir", str(out), "--dataset", "tiny",
+            "--limit", "6", "--max-new-tokens", "12", "--device", "cpu", "--no-progress"]
 
     res = run_evolution(build_parser().parse_args(argv))
     assert res.analyzed == ["checkpoint-2", "checkpoint-4"] and res.cached == []
     assert list(res.skipped) == ["checkpoint-3"]
     frame = pd.read_csv(out / "evolution.csv")
     assert list(frame["step"]) == [2, 4]
-    for col in ("js_mean", "js_p50", "js_p95", "js_p99", "frac_js_gt_0.01", "frac_js_gt_0.05", "frac_js_gt_0.1",
-                "jaccard_final"):
-        assert col in frame.columns
+    # the CSV's lead columns: diagnostics.shift_stats' names (those of shift/ and shift_probe/), then ours
+    assert list(frame.columns[2:]) [: len(stat_names("js")) + 2] == [*stat_names("js"), "n_high", "jaccard_final"]
+    assert frame["entropy_base_mean"].notna().all() and frame["js_gini"].notna().all()
     assert frame["js_mean"].iloc[0] < frame["js_mean"].iloc[1]  # 10x the noise -> larger shift
     assert (frame["js_p99"] >= frame["js_p95"]).all() and (frame["js_p95"] >= frame["js_p50"]).all()
     assert frame["n_high"].iloc[1] > 0 and frame["jaccard_final"].iloc[1] == 1.0  # the final set vs itself
@@ -90,7 +91,7 @@ def test_evolution_uses_the_run_probe_and_reports_missing_one(tiny_model_dir, ti
 
     run = tmp_path / "run"
     _save_checkpoint(tiny_model_dir, run, 1, 0.1, tiny_tokenizer)
-    argv = ["--run-dir", str(run), "--base", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"),
+    argv = ["--policy", str(run), "--base", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"),
             "--device", "cpu", "--no-plots", "--no-progress"]
     with pytest.raises(ValueError, match="no probe set"):
         run_evolution(build_parser().parse_args(argv))
@@ -99,7 +100,7 @@ def test_evolution_uses_the_run_probe_and_reports_missing_one(tiny_model_dir, ti
     res = run_evolution(build_parser().parse_args(argv))
     assert res.frame["n_tokens"].tolist() == [5]
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        run_evolution(build_parser().parse_args(["--run-dir", str(tmp_path / "nope"), "--base", str(tiny_model_dir),
+        run_evolution(build_parser().parse_args(["--policy", str(tmp_path / "nope"), "--base", str(tiny_model_dir),
                                                  "--output-dir", str(tmp_path / "o")]))
 
 

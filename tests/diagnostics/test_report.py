@@ -14,6 +14,7 @@ from diagnostics.models import check_same_vocabulary
 from diagnostics.plots import plot_evolution, write_shift_plots
 from diagnostics.report import js_alpha, render_report
 from diagnostics.shift import analyze
+from diagnostics.shift_stats import stat_names
 from diagnostics.summary import summarize
 from train.cli import main as cli_main
 from train.tiny_world import build_tokenizer, default_corpus, random_tiny_model
@@ -66,6 +67,8 @@ def _outputs_ok(out, n_tokens=None):
     table = pd.read_parquet(out / "tokens.parquet")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_tokens"] == len(table) > 0
+    # summary.json's flat scalars: diagnostics.shift_stats' names (= the trainer's shift/ and shift_probe/ names)
+    assert list(summary["scalars"]) == stat_names("js") and summary["scalars"]["n_tokens"] == len(table)
     if n_tokens is not None:
         assert len(table) == n_tokens
     return table, summary

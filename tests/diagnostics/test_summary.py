@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from diagnostics.shift_stats import stat_names
 from diagnostics.summary import gini, lorenz_curve, scalar_metrics, summarize, top_share
 
 JS = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.02, 0.06, 0.15, 0.3]  # total 0.53
@@ -90,8 +91,13 @@ def test_entropy_bins_positions_reallocation_identity():
 
 
 def test_scalar_metrics_flat_floats_and_empty_high_set():
-    flat = scalar_metrics(summarize(_table()))
+    summary = summarize(_table())
+    flat = scalar_metrics(summary)
     assert all(isinstance(v, float) for v in flat.values())
+    # the flat scalars are diagnostics.shift_stats' keys (the trainer's shift/ names) first, then the extras
+    assert list(flat)[: len(stat_names("js"))] == stat_names("js")
+    assert flat["js_gini"] == pytest.approx(summary["sparsity"]["gini"])
+    assert flat["entropy_base_high_mean"] == pytest.approx(3.5)  # JS > 0.1: tokens 8, 9 with base entropy 3, 4
     assert flat["frac_js_gt_0.1"] == pytest.approx(0.2)
     assert flat["js_p50"] == pytest.approx(0.0)
     assert flat["realloc_frac_in_base_top3"] == pytest.approx(0.5)

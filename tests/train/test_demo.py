@@ -27,6 +27,15 @@ def test_quick_demo_end_to_end(tmp_path, tiny_base_dir):
         never = [r for r in s["cross"][direction] if math.isclose(r["value"], 0.7)]
         assert never and never[0]["share"] == 0.0 and never[0]["tokens"] == 0.0
         assert never[0]["accuracy"] == pytest.approx(refs[primary])
+    # shift monitoring is on in the recipe: every saved checkpoint of every GRPO run has its shift_probe/ metrics
+    # (in trainer_state.json, i.e. every report_to backend, wandb included) and its probe summary
+    for run in ("grpo-none", "grpo-sigmoid"):
+        state = json.loads((out / run / "trainer_state.json").read_text())
+        probe_steps = {e["step"] for e in state["log_history"] if "shift_probe/js_mean" in e}
+        checkpoints = sorted(int(p.name.split("-")[1]) for p in (out / run).glob("checkpoint-*"))
+        assert checkpoints and set(checkpoints) <= probe_steps, (run, checkpoints, probe_steps)
+        for step in checkpoints:
+            assert (out / run / f"checkpoint-{step}" / "shift_probe_summary.json").exists()
     md = (out / "report.md").read_text()
     assert "RL improves accuracy" in md and "cross-sampling" in md
     html = (out / "report.html").read_text()

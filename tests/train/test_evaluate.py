@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rewards.data import load_math_dataset
 from train import evaluate
@@ -127,3 +128,69 @@ def test_cli_bad_input_is_one_line(case, tiny_model_dir, tmp_path, capsys):
     assert expect in err[-1], err
     assert not any("Traceback" in line for line in err)
     assert "Fix" in err[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation stops on every end-of-turn id: the generation config's and the tokenizer's
+# --------------------------------------------------------------------------------------------------
+
+
+def _scripted_lm(tokenizer, script: list[int]):
+    """A causal LM that writes `script` after the prompt's last `<|assistant|>`, whatever the prompt says.
+
+    Greedy and sampled decoding both follow it (the scripted token has logit +30, every other -30);
+    `use_cache=False` so that every forward sees the whole sequence and can count what it wrote.
+    """
+    from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    marker = tokenizer.convert_tokens_to_ids("<|assistant|>")
+
+    class ScriptedConfig(PretrainedConfig):
+        model_type = "scripted_test_lm"
+
+    class ScriptedLM(PreTrainedModel, GenerationMixin):
+        config_class = ScriptedConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, for .device / .dtype
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            b, t = input_ids.shape
+            logits = torch.full((b, t, self.config.vocab_size), -30.0)  # (B, T, V)
+            for i in range(b):
+                row = input_ids[i].tolist()
+                written = t - 1 - max(j for j, x in enumerate(row) if x == marker)  # tokens after the marker
+                logits[i, -1, script[min(written, len(script) - 1)]] = 30.0
+            return CausalLMOutputWithPast(logits=logits)
+
+    model = ScriptedLM(ScriptedConfig(vocab_size=len(tokenizer)))
+    model.generation_config.use_cache = False
+    return model
+
+
+def test_generation_stops_on_the_generation_configs_eos(tiny_tokenizer):
+    """Chat models end a turn with a token that is not the tokenizer's eos (Llama-3's <|eot_id|>): their
+    generation_config lists it. A model that writes `\\boxed{5}<end-of-turn>\\boxed{7}` is graded on 5."""
+    import copy
+
+    from datasets import Dataset
+
+    from diagnostics.models import eos_token_ids
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.add_tokens(["<end-of-turn>"], special_tokens=True)
+    eot = tok.convert_tokens_to_ids("<end-of-turn>")
+    ids = tok(r"\boxed{5}", add_special_tokens=False)["input_ids"]
+    script = ids + [eot] + tok(r"\boxed{7}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    model = _scripted_lm(tok, script)
+    model.generation_config.eos_token_id = [eot]  # the turn ends here; the tokenizer's eos is another id
+    assert eos_token_ids(model, tok) == sorted({eot, tok.eos_token_id})
+    ds = Dataset.from_dict({"problem": ["Compute 2+3."], "answer": ["5"]})
+    for temperature in (0.0, 1.0):
+        out = evaluate_model(model, ds, tokenizer=tok, num_samples=2, temperature=temperature, max_new_tokens=16,
+                             progress=False)
+        assert out["problems"][0]["completions"] == [r"\boxed{5}"] * 2, out["problems"][0]["completions"]
+        assert out["mean@2"] == 1.0

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
+from diagnostics.shift_stats import stat_names
 from train import grpo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,7 @@ def _tiny_argv(model_dir, output_dir, **overrides) -> list[str]:
 def test_tiny_recipe_parses_to_the_documented_setup():
     script_args, cfg, model_args = grpo.parse_args(["--config", str(REPO / "train/recipes/tiny_grpo.yaml")])
     assert type(cfg).__name__ == "DivergenceGRPOConfig"
+    assert (cfg.shift_probe_every_n_steps, cfg.shift_probe_source) == (50, "eval")  # shift monitoring on
     assert (cfg.weighting, cfg.divergence_source, cfg.divergence_measure) == ("sigmoid", "base", "js")
     assert cfg.use_cpu and cfg.beta == 0.0 and cfg.learning_rate == 3e-5 and cfg.lr_scheduler_type == "constant"
     # 8 prompts x 8 generations per step on one process: 64 completions / 8 generations = 8 prompts.
@@ -206,12 +208,17 @@ def test_sparse_rlvr_grpo_trains_saves_and_evaluates(tiny_model_dir, tmp_path):
 
     out = tmp_path / "out"
     argv = _tiny_argv(tiny_model_dir, out, max_steps=2, eval_num_samples=2, eval_num_problems=4,
-                      eval_max_new_tokens=8, eval_batch_size=8)
+                      eval_max_new_tokens=8, eval_batch_size=8, shift_probe_every_n_steps=2, shift_probe_num_prompts=2)
     assert cli_main(["grpo", *argv]) == 0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
-    shift_steps = [e["step"] for e in state["log_history"] if "shift/divergence_mean" in e]
+    shift_steps = [e["step"] for e in state["log_history"] if "shift/js_mean" in e]
     assert shift_steps == [1, 2]
+    # shift monitoring turned on from the command line: shift_probe/* at step 2, the names of shift/*
+    probe = [e for e in state["log_history"] if "shift_probe/js_mean" in e]
+    assert [e["step"] for e in probe] == [2]
+    assert {f"shift_probe/{n}" for n in stat_names("js")} <= set(probe[0])
+    assert (out / "shift_probe.jsonl").exists() and (out / "shift_probe_set.jsonl").exists()
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     final = json.loads((out / "final_eval.json").read_text())
     assert final["num_problems"] == 4 and final["num_samples"] == 2

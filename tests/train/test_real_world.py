@@ -138,10 +138,10 @@ def test_divergence_weighted_grpo_step_on_real_model(real_dir, gsm8k_dir, tmp_pa
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     tr.train()
     assert all(not torch.equal(before[n], p) for n, p in tr.model.named_parameters() if n.startswith("model.layers.1"))
-    logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
+    logs = [h for h in tr.state.log_history if "shift/js_mean" in h]
     assert len(logs) == 2
-    assert logs[0]["shift/divergence_mean"] == 0.0  # step 1: the policy is still the base
-    assert logs[1]["shift/divergence_mean"] > 0.0  # one update later it has moved
+    assert logs[0]["shift/js_mean"] == 0.0  # step 1: the policy is still the base
+    assert logs[1]["shift/js_mean"] > 0.0  # one update later it has moved
     assert "rewards/accuracy/mean" in logs[0]  # the math reward ran on the real completions
 
 

@@ -41,7 +41,7 @@ def test_sigkill_then_resume_finishes_all_steps(tiny_model_dir, tiny_policy_dir,
     records = read_rank_logs(log_dir)[0]
     begins = [r for r in records if r["event"] == "begin"]
     assert [b["start_step"] for b in begins] == [0, 2], begins  # run 2 really started from checkpoint-2
-    logged_steps = [r["step"] for r in records if r["event"] == "log" and "shift/divergence_mean" in r["logs"]]
+    logged_steps = [r["step"] for r in records if r["event"] == "log" and "shift/js_mean" in r["logs"]]
     assert logged_steps == [1, 2, 3, 3, 4], logged_steps  # step 3 ran twice: killed once, redone once
 
     state = json.loads((out / "trainer_state.json").read_text())
@@ -50,8 +50,8 @@ def test_sigkill_then_resume_finishes_all_steps(tiny_model_dir, tiny_policy_dir,
     assert (out / "checkpoint-4").exists()
     # Steps 1-2 come from checkpoint-2's own history: the resumed run carried them over unchanged.
     ckpt = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    before = {e["step"]: e["shift/divergence_mean"] for e in ckpt["log_history"] if "shift/divergence_mean" in e}
-    after = {e["step"]: e["shift/divergence_mean"] for e in state["log_history"] if "shift/divergence_mean" in e}
+    before = {e["step"]: e["shift/js_mean"] for e in ckpt["log_history"] if "shift/js_mean" in e}
+    after = {e["step"]: e["shift/js_mean"] for e in state["log_history"] if "shift/js_mean" in e}
     assert before == {k: after[k] for k in (1, 2)}
 
 

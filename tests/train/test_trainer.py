@@ -11,6 +11,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
+from diagnostics.callbacks import ShiftDiagnosticsCallback
+from diagnostics.probe import build_probe_set
+from diagnostics.shift_stats import stat_names
 from train.config import DivergenceGRPOConfig
 from train.tiny_world import random_tiny_model
 from train.trainer import DivergenceWeightedGRPOTrainer, shift_metrics
@@ -91,7 +94,7 @@ def test_policy_equals_base_gives_zero_divergence_and_unit_weights(weighting, re
     am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
     assert torch.equal(tr._last_weights, torch.ones_like(tr._last_weights))  # exactly 1
     assert tr._last_weights.shape == out["completion_ids"].shape
-    assert tr._metrics["train"]["shift/divergence_mean"] == [0.0]
+    assert tr._metrics["train"]["shift/js_mean"] == [0.0]
     assert tr._metrics["train"]["shift/weight_frac_not_one"] == [0.0]
     stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 2)
     assert torch.equal(stats["div"], torch.zeros_like(stats["div"]))  # exactly 0 at every token
@@ -133,9 +136,9 @@ def test_divergence_at_loss_equals_divergence_after_generation(n_micro, tiny_mod
     assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=1e-5), (loss_a, loss_b)
     for name in g_b:
         assert torch.allclose(g_a[name], g_b[name], atol=1e-6, rtol=1e-4), name
-    assert set(m_a) == set(m_b) and len(m_a["shift/divergence_mean"]) == 1  # logged once per generation batch
-    assert m_a["shift/num_tokens"] == m_b["shift/num_tokens"]
-    assert m_a["shift/divergence_mean"][0] > 1e-4 and m_a["shift/weight_frac_not_one"][0] > 0  # a real test
+    assert set(m_a) == set(m_b) and len(m_a["shift/js_mean"]) == 1  # logged once per generation batch
+    assert m_a["shift/n_tokens"] == m_b["shift/n_tokens"]
+    assert m_a["shift/js_mean"][0] > 1e-4 and m_a["shift/weight_frac_not_one"][0] > 0  # a real test
     for key in m_b:
         assert m_a[key] == pytest.approx(m_b[key], rel=1e-4, abs=1e-7, nan_ok=True), key
 
@@ -193,24 +196,54 @@ def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, weighting="sigmoid", weighting_alpha=200.0,
                     weighting_scale=1.0)  # absolute scale: step 2 already weights (auto: see test_auto_scale_*)
+    probe = build_probe_set(model, tiny_tokenizer, list(prompts["prompt"][:2]), max_new_tokens=6, progress=False)
+    ShiftDiagnosticsCallback(probe, every_n_steps=1, evaluate_on_save=False).attach(tr)  # shift_probe/ each step
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     tr.train()
     changed = [n for n, p in tr.model.named_parameters() if not torch.equal(before[n], p)]
     assert len(changed) == len(before)
-    logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
+    logs = [h for h in tr.state.log_history if "shift/js_mean" in h]
     assert len(logs) == 2
-    assert logs[0]["shift/divergence_mean"] == 0.0  # step 1: the policy is still the base
-    assert logs[1]["shift/divergence_mean"] > 0.0  # step 2: one update later it has moved
+    assert logs[0]["shift/js_mean"] == 0.0  # step 1: the policy is still the base
+    assert logs[1]["shift/js_mean"] > 0.0  # step 2: one update later it has moved
     assert logs[1]["shift/weight_frac_not_one"] > 0.0
-    for key in ("divergence_p50", "divergence_p90", "divergence_p99", "frac_above_0.01", "top1pct_share",
-                "top5pct_share", "top20pct_share", "entropy_base_low", "entropy_policy_low", "weight_mean",
-                "weight_max", "weight_nonfinite_fallbacks"):
+    for key in ("js_p50", "js_p90", "js_p99", "frac_js_gt_0.01", "js_top1pct_share", "js_top5pct_share",
+                "js_top10pct_share", "js_gini", "entropy_base_low_mean", "entropy_policy_low_mean", "weight_mean",
+                "weight_max", "weight_p99", "weight_nonfinite_fallbacks"):
         assert f"shift/{key}" in logs[1], key
+    # one vocabulary: training-time shift/ and probe-time shift_probe/ carry the same statistics under the same names
+    names = set(stat_names("js"))
+    logged = {k for h in tr.state.log_history for k in h}
+    assert {k.split("/", 1)[1] for k in logged if k.startswith("shift/")} >= names
+    assert {k.split("/", 1)[1] for k in logged if k.startswith("shift_probe/")} >= names
+    assert [h["step"] for h in tr.state.log_history if "shift_probe/js_p99" in h] == [1, 2]
     # the base stayed frozen at the initial weights
     base = tr.base_model
     assert all(not p.requires_grad for p in base.parameters())
     assert torch.equal(base.model.embed_tokens.weight, before["model.embed_tokens.weight"])  # tied with lm_head
     assert not torch.equal(tr.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("base", ["trainer", "snapshot"])
+def test_probe_callback_leaves_training_unchanged(base, tiny_tokenizer, prompts, tmp_path):
+    """Shift monitoring only observes: the same run with and without the probe callback ends with bitwise equal
+    weights and the same shift/ metrics (probe sampling and the base snapshot's throw-away init fork the RNG; its
+    forwards run under no_grad). 'trainer': the trainer's frozen base (the config route, train/grpo.py)."""
+    runs = []
+    for probe_on in (False, True):
+        model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
+        tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path / f"{base}{probe_on}", weighting="sigmoid",
+                        weighting_alpha=200.0)
+        if probe_on:
+            cb = ShiftDiagnosticsCallback(list(prompts["prompt"][:2]), every_n_steps=1, evaluate_on_save=False,
+                                          probe_generation={"max_new_tokens": 6})
+            cb.attach(tr, base_from_trainer=base == "trainer")
+        tr.train()
+        shift = {k: v for h in tr.state.log_history for k, v in h.items() if k.startswith("shift/")}
+        runs.append(({n: p.detach().clone() for n, p in tr.model.named_parameters()}, shift))
+    (w_off, s_off), (w_on, s_on) = runs
+    assert all(torch.equal(w_off[n], w_on[n]) for n in w_off)
+    assert s_off == s_on and s_off  # TRL logs undefined values as None, so plain equality
 
 
 def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_path):
@@ -219,9 +252,9 @@ def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_pat
                     max_steps=2, weighting="sigmoid", weighting_alpha=50.0, weighting_scale=1.0)
     assert tr.base_model is None  # no base model is loaded for the paper's π_old ‖ π_θ source
     tr.train()
-    logs = [h for h in tr.state.log_history if "shift/divergence_mean" in h]
-    assert logs[0]["shift/divergence_mean"] == 0.0  # iteration 1: π_θ = π_old
-    assert logs[1]["shift/divergence_mean"] > 0.0  # iteration 2 on the same batch: k3(π_old ‖ π_θ) > 0
+    logs = [h for h in tr.state.log_history if "shift/k3_mean" in h]
+    assert logs[0]["shift/k3_mean"] == 0.0  # iteration 1: π_θ = π_old
+    assert logs[1]["shift/k3_mean"] > 0.0  # iteration 2 on the same batch: k3(π_old ‖ π_θ) > 0
     assert logs[1]["shift/weight_frac_not_one"] > 0.0
     assert tr._buffered_inputs[0]["advantages"].dim() == 1  # the buffer itself is never rescaled
 
@@ -288,8 +321,8 @@ def test_vocab_mismatch_fails_at_construction(tiny_model_dir, tiny_tokenizer, pr
     other = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     other.resize_token_embeddings(len(tiny_tokenizer) + 8)
     other.save_pretrained(tmp_path / "bigger")
-    with pytest.raises(ValueError, match=rf"base model vocabulary \({len(tiny_tokenizer) + 8} tokens\) differs from "
-                                         rf"the policy's \({len(tiny_tokenizer)} tokens\)"):
+    with pytest.raises(ValueError, match=rf"models have different vocabulary sizes \({len(tiny_tokenizer) + 8} vs "
+                                         rf"{len(tiny_tokenizer)} output logits\)"):
         dw_trainer(str(tiny_model_dir), tiny_tokenizer, prompts, tmp_path, base_model_name_or_path=str(tmp_path / "bigger"))
 
 
@@ -302,18 +335,21 @@ def test_refuses_plain_grpo_config(tiny_model_dir, tiny_tokenizer, prompts, tmp_
 
 def test_shift_metrics_hand():
     # D = [0.2, 0.0, 0.05, 0.0] (N = 4): mean 0.0625; sorted desc [0.2, 0.05, 0, 0], Σ = 0.25
-    #   top1%: k = ⌈0.04⌉ = 1 -> 0.2/0.25 = 0.8; top20%: k = ⌈0.8⌉ = 1 -> 0.8
+    #   top1%: k = ⌈0.04⌉ = 1 -> 0.2/0.25 = 0.8; top10%: k = ⌈0.4⌉ = 1 -> 0.8
     #   p50 = linear interp of ascending [0, 0, 0.05, 0.2] at 1.5 -> 0.025
     #   frac > 0.01 = 2/4, > 0.1 = 1/4; high (D > 0.1) = token 0 -> entropy_base_high = 1.0, low = mean(2,3,4) = 3
+    # the measure's name prefixes the divergence keys (k3 here: the measure of source 'old')
     rows = torch.tensor([[0.2, 1.0, 5.0, 1.5], [0.0, 2.0, 6.0, 1.0], [0.05, 3.0, 7.0, 1.0], [0.0, 4.0, 8.0, 1.0]],
                         dtype=torch.float64)
-    m = shift_metrics(rows, 0.1)
-    assert m["divergence_mean"] == pytest.approx(0.0625)
-    assert m["divergence_p50"] == pytest.approx(0.025)
-    assert m["top1pct_share"] == pytest.approx(0.8) and m["top20pct_share"] == pytest.approx(0.8)
-    assert m["frac_above_0.01"] == 0.5 and m["frac_above_0.1"] == 0.25
-    assert m["entropy_base_high"] == 1.0 and m["entropy_base_low"] == 3.0 and m["entropy_policy_high"] == 5.0
+    m = shift_metrics(rows, 0.1, "k3")
+    assert m["n_tokens"] == 4.0 and m["k3_mean"] == pytest.approx(0.0625)
+    assert m["k3_p50"] == pytest.approx(0.025)
+    assert m["k3_top1pct_share"] == pytest.approx(0.8) and m["k3_top10pct_share"] == pytest.approx(0.8)
+    assert m["frac_k3_gt_0.01"] == 0.5 and m["frac_k3_gt_0.1"] == 0.25
+    assert m["entropy_base_high_mean"] == 1.0 and m["entropy_base_low_mean"] == 3.0
+    assert m["entropy_policy_high_mean"] == 5.0
     assert m["weight_mean"] == pytest.approx(1.125) and m["weight_max"] == 1.5 and m["weight_frac_not_one"] == 0.25
+    assert not any(k.startswith("js") for k in m)
 
 
 def test_evaluate_logs_shift_metrics_on_both_paths(tiny_model_dir, tiny_policy_dir, tiny_tokenizer, prompts,
@@ -329,9 +365,9 @@ def test_evaluate_logs_shift_metrics_on_both_paths(tiny_model_dir, tiny_policy_d
         torch.manual_seed(3)
         metrics.append(tr.evaluate())
     on_loss, separate = metrics
-    assert on_loss["eval_shift/num_tokens"] == separate["eval_shift/num_tokens"] > 0
-    assert on_loss["eval_shift/divergence_mean"] > 1e-4
-    for key in ("eval_shift/divergence_mean", "eval_shift/divergence_p90", "eval_shift/entropy_base_low",
+    assert on_loss["eval_shift/n_tokens"] == separate["eval_shift/n_tokens"] > 0
+    assert on_loss["eval_shift/js_mean"] > 1e-4
+    for key in ("eval_shift/js_mean", "eval_shift/js_p90", "eval_shift/entropy_base_low_mean",
                 "eval_shift/weight_mean"):
         assert on_loss[key] == pytest.approx(separate[key], rel=1e-4), key
     assert on_loss["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-4, abs=1e-7)
