@@ -86,9 +86,9 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
                                   eos_token_id=eos or None, **sampling)  # (b, T_prompt + T_new)
         completion_ids = seqs[:, batch["input_ids"].shape[1]:]  # (b, T_new)
         out += tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        # generate pads a row after its EOS, so a row that stopped early contains the EOS id
-        finished += (completion_ids == tokenizer.eos_token_id).any(dim=1).tolist() if tokenizer.eos_token_id is not None \
-            else [False] * completion_ids.shape[0]
+        # generate pads a row after its EOS, so a row that stopped early contains one of the EOS ids
+        finished += (torch.isin(completion_ids, torch.tensor(eos, device=completion_ids.device)).any(dim=1).tolist()
+                     if eos else [False] * completion_ids.shape[0])
     return out, finished
 
 

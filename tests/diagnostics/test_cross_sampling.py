@@ -310,3 +310,4 @@ def test_records_say_whether_the_sequence_finished():
     recs = res.records(Tok())
     assert [r["finished"] for r in recs] == [True, False] and recs[0]["text"] == "5 6"
     assert "finished" not in res.records()[0]  # no tokenizer, no EOS id: not said
+    assert [r["finished"] for r in res.records(Tok(), [2, 7])] == [True, True]  # the EOS union: 7 ends a turn too

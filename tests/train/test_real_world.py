@@ -219,6 +219,8 @@ def test_rescore_statuses_and_template_halves():
     # shares over the 4 items: ok 3/4, no_answer 1/4, fallback-decided 1/4
     assert out["statuses"] == {"no_answer": 0.25, "ok": 0.75, "fallback": 0.25, "n": 4}
     assert out["problems"][0]["finished"] is None  # no flags saved, no tokenizer: unknown
+    # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
+    assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
 
 
 def test_rescore_truncated_completions():
@@ -233,5 +235,3 @@ def test_rescore_truncated_completions():
     assert finished_of({**p, "finished": [True, False]}, tok, 4) == [True, False]  # saved flags win
     out = rescore({"num_samples": 2, "template_splits": ["train"], "problems": [p]}, tok, 4)
     assert out["problems"][0]["statuses"] == ["truncated", "ok"] and out["problems"][0]["rescored"] == [0.0, 1.0]
-    # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
-    assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
