@@ -269,6 +269,7 @@ def add_reward_arguments(parser) -> None:
     """The math reward's flags, shared by every CLI that scores completions (`eval`, `cross-sample`):
     `--extraction {lenient,strict}`. Read it back as `args.extraction`."""
     parser.add_argument("--extraction", default="lenient", choices=EXTRACTION_MODES,
-                        help="math reward answer extraction: 'lenient' (default: \\boxed{} / 'the answer is' "
-                             "markers, else the last math expression or number) or 'strict' (markers only; "
-                             "a completion without one scores 0 as no_answer)")
+                        help="math reward answer extraction: 'lenient' (default: \\boxed{} / 'the answer is' / "
+                             "'#### N' markers, else the last math expression or number, never on a completion "
+                             "cut off by the length cap) or 'strict' (markers only; a completion without one "
+                             "scores 0 as no_answer)")
