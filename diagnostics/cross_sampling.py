@@ -129,8 +129,11 @@ class CoDecodeResult:
         """`(B,)` float, switched tokens / generated tokens per sequence."""
         return self.num_switched.float() / self.lengths.clamp_min(1).float()
 
-    def records(self, tokenizer=None) -> list[dict]:
-        """One dict per sequence: tokens, switched positions, counts, share, JS per step (and text)."""
+    def records(self, tokenizer=None, eos_token_ids: Sequence[int] | None = None) -> list[dict]:
+        """One dict per sequence: tokens, switched positions, counts, share, JS per step (and, with a
+        tokenizer, `text` and `finished`: the last token is one of `eos_token_ids` (default: the
+        tokenizer's EOS), i.e. the sequence ended on its own rather than at `max_new_tokens`; the
+        reward gives a cut-off one no lenient fallback)."""
         out = []
         for i in range(self.tokens.shape[0]):
             n = int(self.lengths[i])
@@ -146,6 +149,9 @@ class CoDecodeResult:
             }
             if tokenizer is not None:
                 rec["text"] = tokenizer.decode(toks, skip_special_tokens=True)
+                eos = set(eos_token_ids) if eos_token_ids is not None else (
+                    {tokenizer.eos_token_id} if getattr(tokenizer, "eos_token_id", None) is not None else set())
+                rec["finished"] = bool(toks) and toks[-1] in eos
             out.append(rec)
         return out
 

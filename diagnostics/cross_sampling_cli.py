@@ -164,8 +164,9 @@ def run_setting(models: dict, roles: tuple[str, str], rule, batches: list, golds
         res = co_decode(primary, intervention, input_ids, mask, rule, seeds=seeds,
                         max_new_tokens=args.max_new_tokens, temperature=args.sample_temperature,
                         top_p=args.sample_top_p, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        rows += res.records(tokenizer)
-    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction)
+        rows += res.records(tokenizer, eos)  # `finished`: ended on one of these ids, not at the cap
+    scores = score_batch([r["text"] for r in rows], golds, extraction=args.extraction,
+                         finished=[r["finished"] for r in rows])  # cut off at the cap: no lenient fallback
     for r, s in zip(rows, scores):
         r["score"] = float(s)
     return metrics_of(scores, rows, num_problems, args.num_samples), rows

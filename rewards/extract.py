@@ -23,6 +23,8 @@ Extraction order (`extract`), the same in both modes up to step 3:
    value after its last verb: `Final Answer: The largest $n$ is 34.` -> `34` (never the subject `n`).
    A non-empty answer phrase *after* the last box replaces it (the later marker restates the final
    answer: `... = \\boxed{255} ... Final Answer: The final answer is $10,455$` -> `10,455`).
+2b. **GSM8K final line** (marker): the last line starting with `####` (`#### 72`, `#### $1,234`):
+   its value, read like an answer phrase's. A box or an answer phrase after it wins (later marker).
 3. A completion with a marker is judged on it, even when the marker is empty or malformed
    (`\\boxed{}`, an unclosed `\\boxed{`): the fallback never rescues an answer the model did mark.
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
@@ -63,6 +65,7 @@ _BOX_GAP_RE = re.compile(
     r"(?:\s|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
 )
 _ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ \t]*", re.IGNORECASE)
+_HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _EMPHASIS_RE = re.compile(r"\*\*|__")
 _EXPLANATION_RE = re.compile(
     r"(?<=\S)(?:\.(?=\s|$)|;|,?\s+(?:because|since|as|which|where|so|given|from|due|hence|thus|therefore|"
@@ -277,6 +280,17 @@ def _answer_phrase(text: str) -> str | None:
     return ans
 
 
+def _hash_line(text: str) -> tuple[int, str] | None:
+    """(start, answer) of the last GSM8K `#### N` line (answer read like an answer phrase's,
+    "" when empty), or None when there is none."""
+    last = None
+    for last in _HASH_LINE_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    return last.start(), _answer_phrase("Answer: " + text[last.end():].split("\n", 1)[0]) or ""
+
+
 def _strip_math(text: str) -> str:
     """`text` without its math blocks (what remains is the prose around them)."""
     for start, end, _ in reversed(math_blocks(text)):
@@ -345,8 +359,16 @@ def extract(completion: str, extraction: str = "lenient") -> Extracted:
         last_box_end = boxes(text)[-1][1]
         phrase_after = any(m.start() >= last_box_end for m in _ANSWER_PHRASE_RE.finditer(text, last_box_end))
         phrase = _answer_phrase(text[last_box_end:]) if phrase_after else None
+        hashed = _hash_line(text[last_box_end:])
+        if not phrase and hashed and hashed[1]:
+            phrase = hashed[1]
         return Extracted(phrase or boxed or None, MARKER)
     phrase = _answer_phrase(text)
+    hashed = _hash_line(text)
+    if hashed is not None:
+        phrase_after = _ANSWER_PHRASE_RE.search(text, hashed[0]) is not None
+        if not (phrase_after and phrase):  # `#### 72` is the final answer unless a later answer phrase restates it
+            return Extracted(hashed[1] or None, MARKER)
     if phrase is not None:
         return Extracted(phrase or None, MARKER)
     if BOX_RE.search(text):  # only unclosed/malformed boxes: marked, but nothing to read

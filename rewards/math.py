@@ -25,9 +25,16 @@ timeout is used on the main thread only, because off the main thread it raises).
 
 `extraction`: "lenient" (default) or "strict" (markers only: a completion without `\\boxed{}` or
 an answer phrase is `no_answer`). Statuses (one per item, counted): ok, no_answer (nothing
-extractable, or not parseable), answer_too_long, bad_gold (gold empty, too long or not parseable),
+extractable, or not parseable), truncated (the completion hit the length cap before any answer
+marker: the lenient fallback is not applied, score 0), answer_too_long, bad_gold (gold empty, too long or not parseable),
 timeout, error. Each item's `path` says which extraction decided: "marker", "fallback" or None
 (nothing extracted, or a bad gold).
+
+`finished` (per item): whether the completion ended on its own (an EOS / stop string) rather than
+at the generation length cap. A cut-off completion's last number is often the middle of an
+unfinished step, so the fallback never reads one: `finished=False` with a marker is judged on
+the marker; without one it is `truncated` (0.0). `None` (the default) means unknown: the
+completion is treated as finished (the behaviour before this flag existed).
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ logger = logging.getLogger(__name__)
 RESULT_CACHE_SIZE = 65_536  # canonical (pred, gold) -> (score, status), deterministic outcomes only
 _RESULT_CACHE: "OrderedDict[tuple[str, str], tuple[float, str]]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
-STATUSES = ("ok", "no_answer", "answer_too_long", "bad_gold", "timeout", "error")
+STATUSES = ("ok", "no_answer", "truncated", "answer_too_long", "bad_gold", "timeout", "error")
 
 
 class Scored(NamedTuple):
@@ -120,9 +127,9 @@ def _gold_form(gold: str) -> tuple[str, bool]:
     return gold_c, list_gold
 
 
-def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepared:
+def prepare(completion: str, gold: str, *, extraction: str = "lenient", finished: bool | None = None) -> Prepared:
     """Stage 1: extraction, normalization and the in-process decisions. Pure Python; never raises
-    on content (ValueError for an unknown `extraction`)."""
+    on content (ValueError for an unknown `extraction`). `finished=False`: see the module docstring."""
     check_extraction(extraction)
     if not isinstance(gold, str):
         return Prepared(0.0, "bad_gold")
@@ -130,6 +137,8 @@ def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepa
     if not gold_c:
         return Prepared(0.0, "bad_gold")
     ex = extract(completion, extraction) if isinstance(completion, str) else extract("", extraction)
+    if finished is False and ex.path != "marker":  # cut off before any marker: its last number is not an answer
+        return Prepared(0.0, "truncated")
     if ex.answer is None:
         return Prepared(0.0, "no_answer", path=ex.path)
     if len(ex.answer) > MAX_ANSWER_CHARS:
@@ -150,10 +159,12 @@ def prepare(completion: str, gold: str, *, extraction: str = "lenient") -> Prepa
     return Prepared(None, "pending", pred_c, gold_c, ex.path)
 
 
-def compute_score(completion: str, gold: str, *, extraction: str = "lenient") -> float:
+def compute_score(completion: str, gold: str, *, extraction: str = "lenient", finished: bool | None = None) -> float:
     """1.0 if the completion's final answer is equivalent to `gold`, else 0.0. In-process; never
-    raises on content. No hard timeout (see module docstring): training should use `score_batch`."""
-    prep = prepare(completion, gold, extraction=extraction)
+    raises on content. No hard timeout (see module docstring): training should use `score_batch`.
+    `finished`: did the completion end on its own (False: it hit the length cap; None: unknown,
+    treated as finished); see the module docstring."""
+    prep = prepare(completion, gold, extraction=extraction, finished=finished)
     if prep.score is not None:
         return prep.score
     return verify_prepared(prep.pred, prep.gold)[0]
@@ -167,6 +178,7 @@ def score_batch_detailed(
     extraction: str = "lenient",
     pool=None,
     use_cache: bool = True,
+    finished: list[bool | None] | None = None,
 ) -> list[Scored]:
     """`Scored(score, status, path)` per pair; see `score_batch`."""
     check_extraction(extraction)
@@ -174,11 +186,16 @@ def score_batch_detailed(
         raise ValueError(
             f"score_batch: {len(completions)} completions but {len(golds)} golds. Fix: pass one gold per completion"
         )
+    if finished is not None and len(finished) != len(completions):
+        raise ValueError(
+            f"score_batch: {len(finished)} finished flags for {len(completions)} completions. "
+            "Fix: pass one flag per completion (or finished=None when unknown)"
+        )
     out: list[tuple[float, str] | None] = [None] * len(completions)
     paths: list[str | None] = [None] * len(completions)
     todo: dict[tuple[str, str], list[int]] = {}  # canonical pair -> item indices (de-duplication)
     for i, (c, g) in enumerate(zip(completions, golds)):
-        prep = prepare(c, g, extraction=extraction)
+        prep = prepare(c, g, extraction=extraction, finished=None if finished is None else finished[i])
         paths[i] = prep.path
         if prep.score is not None:
             out[i] = (prep.score, prep.status)
@@ -224,6 +241,7 @@ def score_batch(
     extraction: str = "lenient",
     pool=None,
     use_cache: bool = True,
+    finished: list[bool | None] | None = None,
 ) -> list[float]:
     """Score N (completion, gold) pairs: stage 1 in process, the rest de-duplicated and verified
     in parallel by the worker pool with a hard per-item `timeout` (seconds). An item past its
@@ -231,7 +249,11 @@ def score_batch(
     module docstring). `pool`: a `VerifierPool` to use instead of this process's shared one (its
     own `.timeout` then applies). Never raises on content; raises ValueError when the two lists
     differ in length or `extraction` is unknown. `use_cache`: reuse stage-2 outcomes of canonical
-    pairs seen in earlier batches (LRU, `RESULT_CACHE_SIZE`; timeouts and errors are never cached)."""
+    pairs seen in earlier batches (LRU, `RESULT_CACHE_SIZE`; timeouts and errors are never cached).
+    `finished`: per completion, whether it ended on its own (EOS / stop) rather than at the length
+    cap; False -> no lenient fallback (`truncated` when it has no marker); None, or a None item:
+    unknown, treated as finished. ValueError when its length differs from `completions`."""
     return [r.score for r in score_batch_detailed(
         completions, golds, timeout=timeout, extraction=extraction, pool=pool, use_cache=use_cache,
+        finished=finished,
     )]

@@ -11,11 +11,20 @@ with `functools.partial` + `update_wrapper`, and `__name__` is the registry name
 
 `accuracy` also reports the verifier's health through TRL 1.16's `log_metric` kwarg (averaged per
 logging step across ranks): `rewards/accuracy/{status}_frac` for every status of
-`rewards.math.STATUSES` (ok, no_answer, answer_too_long, bad_gold, timeout, error),
+`rewards.math.STATUSES` (ok, no_answer, truncated, answer_too_long, bad_gold, timeout, error),
 `rewards/accuracy/fallback_frac` (share of answers found by the lenient fallback, not a marker)
 and `.../worker_restarts` (restarts during this batch), and, through `log_extra`, per-completion
 `accuracy_status` and `accuracy_path` columns in the completions table. A gold that never parses is logged once (a
 WARNING with its dataset row), not left scoring 0 forever in silence.
+
+Truncation (`accuracy`): a completion cut off by the length cap gets no lenient fallback
+(`rewards.math`, status `truncated`). TRL 1.16 passes `completion_ids` per completion, cut after
+the first EOS, which is kept (grpo_trainer `_generate_single_turn`: mask `<= eos_idx`), but passes
+neither the EOS ids nor the cap to reward functions, so the factory binds them: a completion is
+finished when its last id is one of `eos_token_ids`, or when it is shorter than
+`max_completion_length` (generation stopped before the cap: an EOS, a stop string, a vLLM stop).
+A completion exactly at the cap without a final EOS id is truncated. With neither option bound,
+or no `completion_ids`, finished is unknown and the reward behaves as before (fallback applies).
 """
 
 from __future__ import annotations
@@ -61,6 +70,23 @@ def completion_text(completion: Any) -> str:
     )
 
 
+def finished_flags(completion_ids: list | None, max_completion_length: int | None = None,
+                   eos_token_ids: list[int] | None = None) -> list[bool] | None:
+    """Per completion (token ids, EOS kept as TRL keeps it): True when it ended on its own (last id
+    in `eos_token_ids`, or fewer than `max_completion_length` ids), False when it hit the cap.
+    None (unknown) when `completion_ids` is None or neither option is given."""
+    if completion_ids is None or (max_completion_length is None and not eos_token_ids):
+        return None
+    eos = set(eos_token_ids or ())
+    out = []
+    for ids in completion_ids:
+        ids = list(ids)
+        ended_on_eos = bool(ids) and int(ids[-1]) in eos
+        under_cap = max_completion_length is not None and len(ids) < max_completion_length
+        out.append(ended_on_eos or under_cap)
+    return out
+
+
 def _row(kwargs: dict, i: int, n: int) -> dict:
     """Dataset row `i` reconstructed from TRL's per-sample kwargs (for error messages)."""
     return {
@@ -74,10 +100,14 @@ def accuracy(
     answer_column: str = "answer",
     timeout: float = DEFAULT_TIMEOUT,
     extraction: str = "lenient",
+    max_completion_length: int | None = None,
+    eos_token_ids: list[int] | None = None,
     **kwargs,
 ) -> list[float | None]:
     """1.0 if the completion's final answer equals the gold in column `answer_column`, else 0.0.
-    `extraction`: "lenient" (markers, then the last expression) or "strict" (markers only)."""
+    `extraction`: "lenient" (markers, then the last expression) or "strict" (markers only).
+    `max_completion_length` / `eos_token_ids`: recognise completions cut off by the length cap from
+    TRL's `completion_ids` (`finished_flags`; module docstring)."""
     if answer_column not in kwargs:
         cols = sorted(k for k in kwargs if k not in _TRL_KWARGS)
         raise ValueError(
@@ -90,6 +120,7 @@ def accuracy(
     results = score_batch_detailed(
         texts, [g if isinstance(g, str) else ("" if g is None else str(g)) for g in golds],
         timeout=timeout, extraction=extraction,
+        finished=finished_flags(kwargs.get("completion_ids"), max_completion_length, eos_token_ids),
     )
     statuses = [r.status for r in results]
     n = len(results)
@@ -203,7 +234,8 @@ def _options_of(fn: RewardFunc) -> set[str]:
 def get_reward_funcs(names: list[str] | str, **options) -> list[RewardFunc]:
     """Reward functions for `names`, each bound to the `options` it accepts.
 
-    Options: accuracy(answer_column="answer", timeout=5.0, extraction="lenient"),
+    Options: accuracy(answer_column="answer", timeout=5.0, extraction="lenient",
+    max_completion_length=None, eos_token_ids=None: see `finished_flags`),
     format(think=False), overlong(max_completion_length, overlong_buffer=max_completion_length//4).
     Raises ValueError for an unknown name (listing the valid ones) or an option no requested
     function accepts.
@@ -237,6 +269,7 @@ def add_reward_arguments(parser) -> None:
     """The math reward's flags, shared by every CLI that scores completions (`eval`, `cross-sample`):
     `--extraction {lenient,strict}`. Read it back as `args.extraction`."""
     parser.add_argument("--extraction", default="lenient", choices=EXTRACTION_MODES,
-                        help="math reward answer extraction: 'lenient' (default: \\boxed{} / 'the answer is' "
-                             "markers, else the last math expression or number) or 'strict' (markers only; "
-                             "a completion without one scores 0 as no_answer)")
+                        help="math reward answer extraction: 'lenient' (default: \\boxed{} / 'the answer is' / "
+                             "'#### N' markers, else the last math expression or number, never on a completion "
+                             "cut off by the length cap) or 'strict' (markers only; a completion without one "
+                             "scores 0 as no_answer)")

@@ -31,10 +31,11 @@ from rewards.registry import add_reward_arguments
 logger = logging.getLogger(__name__)
 
 
-def _score_batch(completions: list[str], golds: list[str], extraction: str = "lenient") -> list[float]:
+def _score_batch(completions: list[str], golds: list[str], extraction: str = "lenient",
+                 finished: list[bool] | None = None) -> list[float]:
     from rewards.math import score_batch
 
-    return list(score_batch(completions, golds, extraction=extraction))
+    return list(score_batch(completions, golds, extraction=extraction, finished=finished))
 
 
 def _load(model_or_path, tokenizer, *, dtype="float32", device="auto"):
@@ -62,8 +63,9 @@ def _check_dataset(dataset):
 
 
 def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperature: float, top_p: float,
-              max_new_tokens: int, batch_size: int, desc: str, progress: bool) -> list[str]:
-    """Completions (decoded, special tokens dropped) for `texts`, in order, in batches."""
+              max_new_tokens: int, batch_size: int, desc: str, progress: bool) -> tuple[list[str], list[bool]]:
+    """(completions, finished) for `texts`, in order, in batches: the decoded text (special tokens
+    dropped) and whether generation produced an EOS (False: cut off at `max_new_tokens`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -75,6 +77,7 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {
         "do_sample": False}
     out: list[str] = []
+    finished: list[bool] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, unit="batch"):
         batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(model.device)
@@ -83,7 +86,10 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
                                   eos_token_id=eos or None, **sampling)  # (b, T_prompt + T_new)
         completion_ids = seqs[:, batch["input_ids"].shape[1]:]  # (b, T_new)
         out += tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return out
+        # generate pads a row after its EOS, so a row that stopped early contains one of the EOS ids
+        finished += (torch.isin(completion_ids, torch.tensor(eos, device=completion_ids.device)).any(dim=1).tolist()
+                     if eos else [False] * completion_ids.shape[0])
+    return out, finished
 
 
 def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int = 8, temperature: float = 1.0,
@@ -105,7 +111,9 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
 
     Returns:
         {"mean@K", "pass@K", "greedy" (if asked), "num_problems", "num_samples", "temperature",
-         "top_p", "problems": [{"problem", "answer", "scores", "completions", "greedy_*"?}, ...]}
+         "top_p", "problems": [{"problem", "answer", "scores", "completions", "finished", "greedy_*"?}, ...]}
+        `finished[j]`: completion j ended on an EOS (False: cut off at `max_new_tokens`; the reward
+        then applies no lenient fallback, `rewards.math`).
     """
     import torch
 
@@ -128,15 +136,16 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
 
     torch.manual_seed(seed)
     texts = [p for p in prompts for _ in range(k)]  # (N*K,) problem-major
-    completions = _generate(model, tokenizer, texts, do_sample=temperature > 0, temperature=temperature,
+    completions, finished = _generate(model, tokenizer, texts, do_sample=temperature > 0, temperature=temperature,
                             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=f"eval: {n} problems x {k} samples", progress=progress)
-    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction)  # (N*K,)
+    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction, finished)  # (N*K,)
     per_problem = []
     for i, row in enumerate(rows):
         s = scores[i * k:(i + 1) * k]
         per_problem.append({"problem": row.get("problem", messages[i][-1]["content"]), "answer": golds[i],
-                            "scores": s, "completions": completions[i * k:(i + 1) * k]})
+                            "scores": s, "completions": completions[i * k:(i + 1) * k],
+                            "finished": finished[i * k:(i + 1) * k]})
     result = {
         f"mean@{k}": sum(scores) / (n * k),
         f"pass@{k}": sum(max(p["scores"]) > 0 for p in per_problem) / n,
@@ -148,12 +157,12 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         "extraction": extraction,
     }
     if greedy:
-        greedy_out = _generate(model, tokenizer, prompts, do_sample=False, temperature=1.0, top_p=1.0,
+        greedy_out, greedy_finished = _generate(model, tokenizer, prompts, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=max_new_tokens, batch_size=batch_size,
                                desc=f"eval: {n} problems greedy", progress=progress)
-        greedy_scores = _score_batch(greedy_out, golds, extraction)
-        for p, c, s in zip(per_problem, greedy_out, greedy_scores):
-            p["greedy_completion"], p["greedy_score"] = c, s
+        greedy_scores = _score_batch(greedy_out, golds, extraction, greedy_finished)
+        for p, c, s, f in zip(per_problem, greedy_out, greedy_scores, greedy_finished):
+            p["greedy_completion"], p["greedy_score"], p["greedy_finished"] = c, s, f
         result["greedy"] = sum(greedy_scores) / n
     result["problems"] = per_problem
     if was_training:

@@ -150,6 +150,8 @@ def build_reward_funcs(script_args: GRPOScriptArguments, training_args) -> list:
     if "accuracy" in names:
         options["timeout"] = script_args.reward_timeout
         options["extraction"] = training_args.extraction
+        # completions at the cap without a final EOS are `truncated`: no lenient fallback (rewards.registry)
+        options["max_completion_length"] = training_args.max_completion_length
     if "overlong" in names:
         options["max_completion_length"] = training_args.max_completion_length
         options["overlong_buffer"] = script_args.overlong_buffer

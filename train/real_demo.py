@@ -76,12 +76,13 @@ def data_flags(data_dir: Path, split: str, limit: int) -> list[str]:
             "--system-prompt", kw["system_prompt"]]
 
 
-def reward_statuses(completions: list[str], golds: list[str]) -> list[dict]:
-    """Per completion: score, status and (lenient reward) the deciding path, from `score_batch_detailed`."""
+def reward_statuses(completions: list[str], golds: list[str], finished: list[bool] | None = None) -> list[dict]:
+    """Per completion: score, status and (lenient reward) the deciding path, from `score_batch_detailed`.
+    `finished`: per completion, ended on an EOS (False: cut off at the cap, no lenient fallback)."""
     from rewards.math import score_batch_detailed
 
     out = []
-    for res in score_batch_detailed(completions, golds):
+    for res in score_batch_detailed(completions, golds, finished=finished):
         score, status, *rest = res if isinstance(res, tuple) else (res.score, res.status, getattr(res, "path", None))
         out.append({"score": float(score), "status": status, "path": rest[0] if rest else None})
     return out
@@ -111,8 +112,21 @@ def evaluate(model: Path, data_dir: Path, out: Path, cfg: dict, seed: int, templ
     return res
 
 
-def rescore(res: dict) -> dict:
+def finished_of(problem: dict, tokenizer=None, max_new_tokens: int | None = None) -> list[bool] | None:
+    """Per completion of one saved problem: did it end on an EOS? Evaluations record it (`finished`,
+    `train.evaluate`); for files written before that, a completion whose text re-tokenizes to
+    `max_new_tokens` tokens or more hit the cap (a finished one has at most cap - 1 text tokens plus
+    its EOS). None (unknown: the fallback applies) when neither is available."""
+    if "finished" in problem:
+        return [bool(f) for f in problem["finished"]]
+    if tokenizer is None or max_new_tokens is None:
+        return None
+    return [len(tokenizer(c, add_special_tokens=False)["input_ids"]) < max_new_tokens for c in problem["completions"]]
+
+
+def rescore(res: dict, tokenizer=None, max_new_tokens: int | None = None) -> dict:
     """Score an evaluation's saved completions again with the current reward (no model needed).
+    Truncation: `finished_of` (the saved flags, else `tokenizer` + `max_new_tokens` for old files).
 
     Adds per problem `statuses` and `paths` (the reward's extraction path, lenient mode) and to the
     result `rescored` ({mean@K, pass@K} with today's reward: it differs from the stored mean@K
@@ -121,7 +135,8 @@ def rescore(res: dict) -> dict:
     k, n = res["num_samples"], len(res["problems"])
     items = []
     for i, p in enumerate(res["problems"]):
-        st = reward_statuses(p["completions"], [p["answer"]] * len(p["completions"]))
+        p["finished"] = finished_of(p, tokenizer, max_new_tokens)
+        st = reward_statuses(p["completions"], [p["answer"]] * len(p["completions"]), p["finished"])
         p["rescored"] = [s["score"] for s in st]
         p["statuses"] = [s["status"] for s in st]
         p["paths"] = [s["path"] for s in st]
@@ -245,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", str(args.seed), *dtype, "--output-dir", str(p)]))
     cross_summary = json.loads((cross / "summary.json").read_text())
 
-    evals = {name: rescore(r) for name, r in evals.items()}  # statuses with the reward as it is now
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))  # only for evaluations saved without `finished`
+    evals = {name: rescore(r, tokenizer, cfg["max_new_tokens"]) for name, r in evals.items()}  # today's reward
     write_completions(evals, out / "completions.jsonl")
     # wall time of the whole job = the stages' own times (from their .done files: a resumed job counts each once)
     stage_seconds = {d.name: json.loads((d / ".done").read_text())["seconds"] for d in sorted(out.iterdir())
@@ -265,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_completions(evals: dict, path: Path) -> None:
-    """Every evaluated completion with its model, problem, gold, score and reward status (for labelling)."""
+    """Every evaluated completion with its model, problem, gold, score, reward status and `finished`
+    (ended on an EOS; False: cut off by the length cap), for labelling."""
     with path.open("w") as f:
         for model, res in evals.items():
             for i, p in enumerate(res["problems"]):
@@ -273,7 +292,8 @@ def write_completions(evals: dict, path: Path) -> None:
                     f.write(json.dumps({"model": model, "problem_index": i, "sample": j, "problem": p["problem"],
                                         "gold": p["answer"], "completion": c, "score_at_eval": p["scores"][j],
                                         "score": p["rescored"][j], "status": p["statuses"][j],
-                                        "path": p["paths"][j]}) + "\n")
+                                        "path": p["paths"][j],
+                                        "finished": None if p.get("finished") is None else p["finished"][j]}) + "\n")
 
 
 def build_summary(cfg: dict, evals: dict, shifts: dict, cross: dict, rl_name: str, *, manifest: dict, seconds: float,

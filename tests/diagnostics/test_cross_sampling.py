@@ -293,3 +293,21 @@ def test_rule_registry(monkeypatch):
     monkeypatch.setitem(RULE_REGISTRY, "dummy", RULE_REGISTRY["never"])
     assert get_rule("dummy") is not None
     assert {"never", "always", "js_threshold", "js_threshold_budget", "random", "entropy_threshold"} <= set(RULE_REGISTRY)
+
+
+def test_records_say_whether_the_sequence_finished():
+    from diagnostics.cross_sampling import CoDecodeResult
+
+    class Tok:
+        eos_token_id = 2
+
+        def decode(self, toks, skip_special_tokens=True):
+            return " ".join(str(t) for t in toks if t != 2)
+
+    # row 0 ended on EOS (length 3, last token 2); row 1 ran to the cap (length 3, no EOS)
+    res = CoDecodeResult(tokens=torch.tensor([[5, 6, 2], [5, 6, 7]]), switched=torch.zeros(2, 3, dtype=torch.bool),
+                         js=torch.zeros(2, 3), lengths=torch.tensor([3, 3]), seeds=[0, 1])
+    recs = res.records(Tok())
+    assert [r["finished"] for r in recs] == [True, False] and recs[0]["text"] == "5 6"
+    assert "finished" not in res.records()[0]  # no tokenizer, no EOS id: not said
+    assert [r["finished"] for r in res.records(Tok(), [2, 7])] == [True, True]  # the EOS union: 7 ends a turn too

@@ -29,8 +29,8 @@ def test_mean_and_pass_at_k_hand_computed(tiny_model_dir, four_problems, monkeyp
     fixed = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     seen = {}
 
-    def fake_score(completions, golds, extraction="lenient"):
-        seen["golds"] = golds
+    def fake_score(completions, golds, extraction="lenient", finished=None):
+        seen["golds"], seen["finished"] = golds, finished
         return fixed[:len(completions)]
 
     monkeypatch.setattr(evaluate, "_score_batch", fake_score)
@@ -44,6 +44,9 @@ def test_mean_and_pass_at_k_hand_computed(tiny_model_dir, four_problems, monkeyp
     assert seen["golds"] == [g[0], g[0], g[1], g[1], g[2], g[2], g[3], g[3]]
     assert [p["scores"] for p in out["problems"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     assert all(len(p["completions"]) == 2 for p in out["problems"])
+    # one bool per completion handed to the reward, and saved per problem
+    assert len(seen["finished"]) == 8 and all(isinstance(f, bool) for f in seen["finished"])
+    assert [f for p in out["problems"] for f in p["finished"]] == seen["finished"]
 
 
 def test_real_scoring_seeded_and_greedy(tiny_model_dir, four_problems):

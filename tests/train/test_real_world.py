@@ -214,9 +214,24 @@ def test_rescore_statuses_and_template_halves():
     assert out["problems"][0]["rescored"] == [1.0, 0.0] and out["problems"][1]["rescored"] == [1.0, 0.0]
     assert out["rescored"] == {"mean@2": 0.5, "pass@2": 1.0}  # 2 right of 4; both problems solved once
     assert out["problems"][1]["statuses"] == ["ok", "no_answer"]
-    # GSM8K's '#### 4' is not one of the reward's markers (\\boxed{}, answer phrases): the fallback reads it
-    assert out["problems"][0]["paths"] == ["marker", "fallback"] and out["problems"][1]["paths"][0] == "fallback"
-    # shares over the 4 items: ok 3/4, no_answer 1/4, fallback-decided 2/4
-    assert out["statuses"] == {"no_answer": 0.25, "ok": 0.75, "fallback": 0.5, "n": 4}
+    # GSM8K's '#### 4' is a marker (issue 11c); only 'so 10 in total.' is read by the fallback
+    assert out["problems"][0]["paths"] == ["marker", "marker"] and out["problems"][1]["paths"][0] == "fallback"
+    # shares over the 4 items: ok 3/4, no_answer 1/4, fallback-decided 1/4
+    assert out["statuses"] == {"no_answer": 0.25, "ok": 0.75, "fallback": 0.25, "n": 4}
+    assert out["problems"][0]["finished"] is None  # no flags saved, no tokenizer: unknown
     # the halves use the scores stored at evaluation time: train half 1 of 2, held-out half 0 of 2
     assert out["by_template_split"]["train"]["mean@2"] == 0.5 and out["by_template_split"]["heldout"]["mean@2"] == 0.0
+
+
+def test_rescore_truncated_completions():
+    from train.real_demo import finished_of, rescore
+
+    def tok(text, add_special_tokens=False):  # one token per word
+        return {"input_ids": text.split()}
+
+    # cap 4 tokens: 'so 10 in total.' has 4 words -> cut off at the cap; '10 apples' has 2 -> finished
+    p = {"problem": "p", "answer": "10", "scores": [0.0, 0.0], "completions": ["so 10 in total.", "10 apples"]}
+    assert finished_of(p, tok, 4) == [False, True]
+    assert finished_of({**p, "finished": [True, False]}, tok, 4) == [True, False]  # saved flags win
+    out = rescore({"num_samples": 2, "template_splits": ["train"], "problems": [p]}, tok, 4)
+    assert out["problems"][0]["statuses"] == ["truncated", "ok"] and out["problems"][0]["rescored"] == [0.0, 1.0]
