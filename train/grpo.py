@@ -65,8 +65,8 @@ class GRPOScriptArguments:
     )
     gold_format: str = field(
         default="auto",
-        metadata={"help": "How to read the gold: 'auto', 'gsm8k' ('... #### 42'), 'math' (\\boxed{} in a "
-                          "solution) or 'plain'."},
+        metadata={"help": "How to read the gold: 'auto', 'gsm8k' ('... #### 42'), 'boxed' (\\boxed{} in a "
+                          "solution; 'math' is an alias) or 'plain'."},
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "If set, prepended to every prompt as a system turn."}
