@@ -291,6 +291,23 @@ def _img(path: Path) -> str:
            f'{path.name}</figcaption></figure>'
 
 
+def report_page(title: str, body: str, summary: dict, *, shifts_dirs: dict, cross_dir: Path) -> str:
+    """One self-contained HTML report: `body` (already HTML), links to each shift run's token report,
+    every PNG of the shift and cross-sampling folders inlined, and `summary` as JSON. Both demos use it."""
+    import html
+
+    figs = [_img(p) for d in shifts_dirs.values() for p in sorted(d.glob("*.png"))] + \
+           [_img(p) for p in sorted(cross_dir.glob("*.png"))]
+    links = "".join(f'<li><a href="{d.name}/report.html">{d.name}: token-level report</a></li>'
+                    for d in shifts_dirs.values())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px}"
+            "table{border-collapse:collapse}pre{white-space:pre-wrap}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>{body}<h2>Token-level reports</h2><ul>{links}</ul>"
+            f"<h2>Plots</h2>{''.join(figs)}<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}"
+            "</pre></body></html>")
+
+
 def render_html(s: dict, out: Path, *, shifts_dirs: dict, cross_dir: Path) -> str:
     import html
 
@@ -299,16 +316,8 @@ def render_html(s: dict, out: Path, *, shifts_dirs: dict, cross_dir: Path) -> st
     table = "<table>" + "".join(
         "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}</{'th' if i == 0 else 'td'}>"
                          for c in row) + "</tr>" for i, row in enumerate(rows)) + "</table>"
-    figs = [_img(p) for d in shifts_dirs.values() for p in sorted(d.glob("*.png"))] + \
-           [_img(p) for p in sorted(cross_dir.glob("*.png"))]
-    links = "".join(f'<li><a href="{d.name}/report.html">{d.name}: token-level report</a></li>'
-                    for d in shifts_dirs.values())
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>sparse-rlvr demo</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px}"
-            "table{border-collapse:collapse}</style></head><body><h1>sparse-rlvr demo: the paper in miniature</h1>"
-            f"{table}<h2>Token-level reports</h2><ul>{links}</ul><h2>Plots</h2>{''.join(figs)}"
-            f"<h2>summary.json</h2><pre>{html.escape(json.dumps({k: v for k, v in s.items() if k != 'shift'}, indent=2))}"
-            "</pre></body></html>")
+    return report_page("sparse-rlvr demo: the paper in miniature", table,
+                       {k: v for k, v in s.items() if k != "shift"}, shifts_dirs=shifts_dirs, cross_dir=cross_dir)
 
 
 if __name__ == "__main__":

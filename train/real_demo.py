@@ -381,17 +381,10 @@ def render_markdown(s: dict) -> str:
 def render_html(s: dict, md: str, *, shifts_dirs: dict, cross_dir: Path) -> str:
     import html
 
-    from train.demo import _img
+    from train.demo import report_page
 
-    figs = [_img(p) for d in shifts_dirs.values() for p in sorted(d.glob("*.png"))] + \
-           [_img(p) for p in sorted(cross_dir.glob("*.png"))]
-    links = "".join(f'<li><a href="{d.name}/report.html">{d.name}: token-level report</a></li>'
-                    for d in shifts_dirs.values())
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>sparse-rlvr demo: real world</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{white-space:pre-wrap}</style></head>"
-            f"<body><h1>sparse-rlvr demo: the real world</h1><pre>{html.escape(md)}</pre>"
-            f"<h2>Token-level reports</h2><ul>{links}</ul><h2>Plots</h2>{''.join(figs)}"
-            f"<h2>summary.json</h2><pre>{html.escape(json.dumps(s, indent=2))}</pre></body></html>")
+    return report_page("sparse-rlvr demo: the real world", f"<pre>{html.escape(md)}</pre>", s,
+                       shifts_dirs=shifts_dirs, cross_dir=cross_dir)
 
 
 if __name__ == "__main__":
