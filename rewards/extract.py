@@ -51,6 +51,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rewards.numbers import NUMBER_RE, read_number, unify_signs
+
 MAX_COMPLETION_CHARS = 16_000
 MAX_ANSWER_CHARS = 1_024  # an extracted completion answer longer than this is `answer_too_long`
 MAX_GOLD_CHARS = 4_096  # a gold answer (not a worked solution) longer than this is `bad_gold`
@@ -64,6 +66,12 @@ BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _BOX_GAP_RE = re.compile(
     r"(?:\s|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
 )
+_GAP_LABEL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?=\$?\s*$)|\\[()\[\]]|\$")  # `and \( y_2 = ` before a box
+_GAP_STOP_WORDS_RE = re.compile(
+    r"\b(?:so|hence|thus|therefore|then|answer|final|correct|actually|wait|but|not|or|instead|check|again|get|gives?|is|was)\b",
+    re.IGNORECASE,
+)
+_GAP_AND_END_RE = re.compile(r"\band\s*\}?\s*$")
 _ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ \t]*", re.IGNORECASE)
 _HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _EMPHASIS_RE = re.compile(r"\*\*|__")
@@ -73,16 +81,6 @@ _EXPLANATION_RE = re.compile(
     re.IGNORECASE,
 )
 _FILLER_BEFORE_MATH_RE = re.compile(r"(?:[A-Za-z]+[ \t]+){0,3}")
-_MAGNITUDE_WORDS = r"hundred|thousand|million|billion|trillion|quadrillion|dozen"
-# The fallback's numbers: thousands groups (`1,234`, `1 000`, `1{,}000`, `1\,000`), decimals,
-# a/b, then an optional percent and magnitude words, which are part of the value.
-_FALLBACK_NUMBER_RE = re.compile(
-    r"(?<![\w.])-?(?:(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+|,\d+(?![\d,]))?"
-    r"|\.\d+)(?:\s*/\s*\d+)?"
-    r"(?:\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b))?"
-    rf"(?:\s+(?:{_MAGNITUDE_WORDS})s?\b)*",
-    re.IGNORECASE,
-)
 _PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b)", re.IGNORECASE)
 _GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
@@ -151,7 +149,11 @@ def boxes(text: str) -> list[tuple[int, int, str]]:
         j = m.end()
         while j < len(text) and text[j] == " ":
             j += 1
-        if j < len(text) and text[j] == "{":
+        k = j
+        while k < len(text) and text[k].isspace():
+            k += 1
+        if k < len(text) and text[k] == "{":  # `\boxed\n{5}`: any whitespace before the brace
+            j = k
             end = match_braces(text, j)
             if end is not None:
                 out.append((m.start(), end + 1, text[j + 1 : end]))
@@ -177,7 +179,7 @@ def last_boxed(text: str) -> str | None:
         return None
     group = [found[-1]]
     for b in reversed(found[:-1]):
-        if _BOX_GAP_RE.fullmatch(text[b[1] : group[0][0]]) is None:
+        if not _boxes_joined(text[b[1] : group[0][0]]):
             break
         group.insert(0, b)
     contents: list[str] = []
@@ -186,6 +188,28 @@ def last_boxed(text: str) -> str | None:
         if c and c not in contents:
             contents.append(c)
     return ", ".join(contents)
+
+
+def all_boxed(text: str) -> str | None:
+    """Every box of a gold, as one list answer (distinct contents in order: `\boxed{3} cats and
+    \boxed{5} dogs` -> `3, 5`); None without a closed box. A gold states its answer in every box it
+    draws; a completion's answer is its last box (`last_boxed`)."""
+    found = boxes(text)
+    if not found:
+        return None
+    return ", ".join(dict.fromkeys(c.strip() for _, _, c in found if c.strip()))
+
+
+def _boxes_joined(gap: str) -> bool:
+    """Two boxes form one list answer when only separators lie between them, or a short conjunction
+    ending in "and" with no digit, sentence end or reasoning word (`\boxed{1} papers and \boxed{2}`,
+    `\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}`, `y_1 = \boxed{A} and y_2 = \boxed{B}`)."""
+    if _BOX_GAP_RE.fullmatch(gap):
+        return True
+    gap = _GAP_LABEL_RE.sub(" ", gap)
+    if len(gap) > 60 or re.search(r"[\d.\n!?;]", gap) or _GAP_STOP_WORDS_RE.search(gap):
+        return False
+    return bool(_GAP_AND_END_RE.search(gap))
 
 
 def math_blocks(text: str) -> list[tuple[int, int, str]]:
@@ -326,12 +350,15 @@ def _fallback(text: str) -> str | None:
         return text.strip()  # `\frac{10}{9}`: its last number (9) is only a part of it
     tail_start = blocks[-1][1] if blocks else 0
     last = None
-    for last in _FALLBACK_NUMBER_RE.finditer(text, tail_start):
+    for last in NUMBER_RE.finditer(text, tail_start):  # the number grammar (`rewards.numbers`)
         pass
     if last is not None:
-        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith("}", last.end()):
-            return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`: not the number 4
-        return last.group(0).strip()
+        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith(("}", "^"), last.end()):
+            return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`, `2^{10}`: not the number 4 or 2
+        number = last.group(0).strip()
+        if read_number(number) is None and " " in number:  # `2 3/2` is no mixed number: its last part is
+            number = number.rsplit(" ", 1)[1]
+        return number
     group: list[tuple[int, int, str]] = []
     for b in reversed(blocks):
         if not b[2].strip():
@@ -351,7 +378,7 @@ def extract(completion: str, extraction: str = "lenient") -> Extracted:
     check_extraction(extraction)
     if not isinstance(completion, str) or not completion:
         return Extracted(None, None)
-    text = cap_completion(completion)
+    text = unify_signs(cap_completion(completion))  # `−7` is `-7` on every path
     boxed = last_boxed(text)
     if boxed is not None:
         # An answer phrase after the last box restates the final answer (`\boxed{255}` for a step,
@@ -428,7 +455,7 @@ def normalize_gold(gold: str, fmt: str = "auto") -> str:
         ans = gold.rsplit("####", 1)[1].strip()
         return ans.replace(",", "") if _GSM8K_THOUSANDS_RE.fullmatch(ans) else ans
     if fmt == "boxed":
-        boxed = last_boxed(gold)
+        boxed = all_boxed(gold)  # `There are \boxed{3} cats and \boxed{5} dogs`: the list 3, 5
         if not boxed:
             raise ValueError(f"normalize_gold: no closed, non-empty \\boxed{{}} in gold {gold[:80]!r}. Fix: use fmt='plain'")
         return boxed.strip()
