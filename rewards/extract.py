@@ -51,6 +51,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rewards.normalize import QUALIFIER_WORDS
 from rewards.numbers import NUMBER_RE, read_number, unify_signs
 
 MAX_COMPLETION_CHARS = 16_000
@@ -64,7 +65,7 @@ MARKER, FALLBACK = "marker", "fallback"
 BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 # Between two boxes that form one list answer: only these separators.
 _BOX_GAP_RE = re.compile(
-    r"(?:\s|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
+    r"(?:\s|[-+=*#~|_]{3,}|\\\\|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
 )
 _GAP_LABEL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?=\$?\s*$)|\\[()\[\]]|\$")  # `and \( y_2 = ` before a box
 _GAP_STOP_WORDS_RE = re.compile(
@@ -190,20 +191,12 @@ def last_boxed(text: str) -> str | None:
     return ", ".join(contents)
 
 
-def all_boxed(text: str) -> str | None:
-    """Every box of a gold, as one list answer (distinct contents in order: `\boxed{3} cats and
-    \boxed{5} dogs` -> `3, 5`); None without a closed box. A gold states its answer in every box it
-    draws; a completion's answer is its last box (`last_boxed`)."""
-    found = boxes(text)
-    if not found:
-        return None
-    return ", ".join(dict.fromkeys(c.strip() for _, _, c in found if c.strip()))
-
-
 def _boxes_joined(gap: str) -> bool:
     """Two boxes form one list answer when only separators lie between them, or a short conjunction
     ending in "and" with no digit, sentence end or reasoning word (`\boxed{1} papers and \boxed{2}`,
     `\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}`, `y_1 = \boxed{A} and y_2 = \boxed{B}`)."""
+    if gap.endswith("\\"):  # `\\boxed{4}`: a LaTeX line break before the box
+        gap = gap[:-1]
     if _BOX_GAP_RE.fullmatch(gap):
         return True
     gap = _GAP_LABEL_RE.sub(" ", gap)
@@ -301,7 +294,20 @@ def _answer_phrase(text: str) -> str | None:
         if blocks and blocks[0][0] == 0 and not rest[blocks[0][1] :].strip():
             return _with_percent(rest, blocks[0][1], blocks[0][2])
         return rest
-    return ans
+    return _number_of_sentence(ans)
+
+
+def _number_of_sentence(ans: str) -> str:
+    """`Final Answer: Jane started growing Sphere 3 hours ago.` -> `3`: a plain sentence (two or more
+    prose words, no math) holding exactly one number and no qualifier (`or`, `not`, `at least`,
+    `between`, ...: `rewards.normalize.QUALIFIER_WORDS`) states that number. Anything else is kept whole."""
+    if "$" in ans or "\\" in ans or len(_PROSE_WORD_RE.findall(ans)) < 2:
+        return ans
+    numbers = list(NUMBER_RE.finditer(ans))
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", ans)}
+    if len(numbers) != 1 or words & QUALIFIER_WORDS or re.search(r"[-+*/=^<>]", NUMBER_RE.sub(" ", ans)):
+        return ans
+    return numbers[0].group(0).strip()
 
 
 def _hash_line(text: str) -> tuple[int, str] | None:
@@ -455,7 +461,7 @@ def normalize_gold(gold: str, fmt: str = "auto") -> str:
         ans = gold.rsplit("####", 1)[1].strip()
         return ans.replace(",", "") if _GSM8K_THOUSANDS_RE.fullmatch(ans) else ans
     if fmt == "boxed":
-        boxed = all_boxed(gold)  # `There are \boxed{3} cats and \boxed{5} dogs`: the list 3, 5
+        boxed = last_boxed(gold)  # `There are \boxed{3} cats and \boxed{5} dogs`: the list 3, 5
         if not boxed:
             raise ValueError(f"normalize_gold: no closed, non-empty \\boxed{{}} in gold {gold[:80]!r}. Fix: use fmt='plain'")
         return boxed.strip()

@@ -53,10 +53,10 @@ CURRENCY = r"(?:\\\$|\$|€|£|¥|₹)"
 THOUSANDS_SEP = r"(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])"
 INT = rf"(?:[1-9]\d{{0,2}}(?:{THOUSANDS_SEP}\d{{3}})+(?!\d)|\d+)"
 DECIMAL = rf"(?:{INT}(?:\.\d+|,\d+(?![\d,]))?|\.\d+)"
-MIXED = r"(?:\d+(?:[ \t]|\\ |~)\d+\s*/\s*\d+(?![\d.])|\d+\s*\\[dtc]?frac\s*(?:\{\s*\d+\s*\}\s*\{\s*\d+\s*\}|\d\d))"
-FRACTION_TAIL = r"(?:\s*/\s*\d+(?![\d.]))"
+MIXED = r"(?:\d+(?:[ \t]|\\ |~)\d+\s*/\s*\d+(?!\d|\.\d)|\d+\s*\\[dtc]?frac\s*(?:\{\s*\d+\s*\}\s*\{\s*\d+\s*\}|\d\d))"
+FRACTION_TAIL = r"(?:\s*/\s*\d+(?!\d|\.\d))"
 EXPONENT = (
-    rf"(?:[eE]{SIGN}?\d+(?![\d.])"
+    rf"(?:[eE]{SIGN}?\d+(?!\d|\.\d)"
     rf"|\s*(?:×|\\times|\\cdot|\*|[xX])\s*10\s*\^\s*(?:\{{\s*{SIGN}?\d+\s*\}}|{SIGN}?\d+))"
 )
 PERCENT = r"(?:\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b))"
