@@ -97,6 +97,7 @@ _MAGNITUDE_WORD_RE = re.compile("|".join(MAGNITUDES), re.IGNORECASE)
 _TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm|textbf|textit)\s*\{([^{}]*)\}(?:\^\{?\d\}?)?$", re.DOTALL)
 _WHOLE_TEXT_RE = re.compile(r"^\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}$")
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]+(?:\\%)?)\s*([a-zA-Z]{2,})(?:\^?\d)?(?:\s+([a-zA-Z]{2,}))?$")
+_NUMBER_THEN_WORDS_RE = re.compile(r"^(.*?[\d}])\s*((?:[a-zA-Z]{2,}(?:\^?\d)?\s*){1,2})$")
 _ENDS_IN_OPERATOR_RE = re.compile(r"(?:[-+*/^_{(,=<>&|]|\\(?:cdot|times|div|pm|mp|frac|sqrt|cup|cap|setminus))\s*$")
 _EQUATION_LHS_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
 _SCI_RE = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,3})")
@@ -111,6 +112,7 @@ _TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox|texti
 _WORD_RE = re.compile(r"[a-zA-Z]{4,}")
 
 
+_PLUS_SIGN_RE = re.compile(r"^\+\s*(?=[\d.])")
 _STRAY_BACKSLASH_RE = re.compile(r"(?<!\\)\\\s*$")
 _LEADING_MIXED_RE = re.compile(rf"^(-?)({MIXED})(?=\s|\\text|\\%|%|$)")
 
@@ -178,17 +180,18 @@ def top_level_commas(s: str) -> int:
     return n
 
 
-def _split_top_level(s: str) -> list[str]:
-    """`s` split at its top-level commas (items stripped); `[s]` when there are none."""
+def _split_top_level(s: str, *, digit_commas: bool = True) -> list[str]:
+    """`s` split at its top-level commas (items stripped); `[s]` when there are none.
+    digit_commas=False keeps a comma between two digits inside its item (`y = 1,000`)."""
     if top_level_commas(s) == 0:
         return [s]
     items, depth, cur = [], 0, []
-    for c in s:
+    for k, c in enumerate(s):
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth = max(0, depth - 1)
-        if c == "," and depth == 0:
+        if c == "," and depth == 0 and (digit_commas or not (s[k - 1 : k].isdigit() and s[k + 1 : k + 2].isdigit())):
             items.append("".join(cur).strip())
             cur = []
         else:
@@ -233,6 +236,10 @@ def _strip_units(s: str) -> str:
     m = _WHOLE_TEXT_RE.match(s)
     if m:
         s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
+    m = _NUMBER_THEN_WORDS_RE.match(s)  # `\frac{1}{2} meters`, `2 \times 10^{3} kg`: any number of the grammar
+    if m and read_number(m.group(1)) is not None and not any(
+            w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS for w in m.group(2).split()):
+        return m.group(1)
     m = _UNIT_WORD_RE.match(s)
     if m and not any(w and (w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS) for w in (m.group(2), m.group(3))):
         s = m.group(1)
@@ -251,6 +258,7 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    s = _PLUS_SIGN_RE.sub("", s)  # `+7 meters`: an explicit plus sign is the number itself
     while s.startswith("{") and _group_end(s) == len(s) - 1:  # `{35 cm,4}`: a bare group is its content
         s = s[1:-1].strip()
     m = _BLOCK_THEN_WORDS_RE.fullmatch(s)
@@ -272,7 +280,7 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
         s = s[1:].strip()  # currency: $18
     s = s.rstrip(".").strip()
     if strip_equation:  # `x = 3` -> 3; in a list each item: `x = 5, x = -5` -> `5, -5`
-        items = _split_top_level(s)
+        items = _split_top_level(s, digit_commas=False)
         if any(_EQUATION_LHS_RE.match(it) for it in items):
             items = [it[m.end():].strip() if (m := _EQUATION_LHS_RE.match(it)) else it for it in items]
             s = ", ".join(items)

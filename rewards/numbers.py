@@ -151,10 +151,10 @@ def read_number(s: str, *, decimal_comma: bool = True) -> Number | None:
     if m and m.start() > 0:
         percent, s = True, s[: m.start()].rstrip()
     sign = 1
-    if s[:1] in "-+":
+    if s[:1] and s[0] in "-+":
         sign, s = (-1 if s[0] == "-" else 1), s[1:].lstrip()
     s = re.sub(rf"^{CURRENCY}\s*", "", s)
-    if s[:1] in "-+" and sign == 1:  # `$-5`
+    if s[:1] and s[0] in "-+" and sign == 1:  # `$-5`
         sign, s = (-1 if s[0] == "-" else 1), s[1:].lstrip()
     exp = 0
     m = _SCI_TIMES_RE.match(s) or _SCI_E_RE.match(s)
