@@ -73,7 +73,7 @@ _GAP_STOP_WORDS_RE = re.compile(
     re.IGNORECASE,
 )
 _GAP_AND_END_RE = re.compile(r"\band\s*\}?\s*$")
-_ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ \t]*", re.IGNORECASE)
+_ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is(?:\s+therefore)?\s*:?|:|=)[ \t]*", re.IGNORECASE)
 _HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _EMPHASIS_RE = re.compile(r"\*\*|__")
 _EXPLANATION_RE = re.compile(
