@@ -138,12 +138,12 @@ _LABEL_RE = re.compile(r"(?:[A-Za-z]+|\\(?:angle|measuredangle|overline|widehat|
 
 def equation_rhs(s: str) -> str | None:
     """The right-hand side(s) of a gold that states its answer as `name = value` (`AB:CD=3:8` -> `3:8`,
-    `S_{MBCN}:S=7:32` -> `7:32`, `f(x) = 2x`, `y_{1}=A, y_{2}=B` -> `A, B`); None when a left side is
-    anything but a name (`x^2+y^2=1` is an equation to match as a whole) or there is no `=`."""
+    `S_{MBCN}:S=7:32` -> `7:32`, `f(x) = 2x`, `y_{1}=A, y_{2}=B` -> `A, B`, a chain `1 = \\zzz = x = 0` -> `0`: its last link
+    names the value); None when the part before the last `=` is anything but a name (`x^2+y^2=1` is an equation to match as a whole) or there is no `=`."""
     out = []
     for item in _split_top_level(s):
         parts = item.split("=")
-        if len(parts) < 2 or any(not p.strip() or not _LABEL_RE.fullmatch(p.strip()) for p in parts[:-1]):
+        if len(parts) < 2 or not _LABEL_RE.fullmatch(parts[-2].strip()):  # a chain ends in `name = value`
             return None
         rhs = parts[-1].strip()
         if not rhs or re.search(r"[<>]|\\[lg]eq|\\neq", rhs):

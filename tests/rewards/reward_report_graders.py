@@ -32,6 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Rows whose label records math-verify's output under the test's own extraction settings rather than
+# whether the pred equals the gold; scored "vs the truth" with these values (docs/rewards.md).
+# (gold, pred) -> (truth, why)
+LABEL_NOT_TRUTH = {
+    ("$9$", "Answer $ \n 9 \n $"): (1.0, "the answer is 9; the label 0 is the test's LaTeX-only rule that $...$ does not span lines"),
+    ("$9$", "Answer \\( \n 9 \n \\)"): (1.0, "the same, with \\( \\)"),
+    ("$x \\in [-2,7]$", "$-2 \\\\le x \\\\le 7$"): (1.0, "the same set; label 0 only without allow_set_relation_comp"),
+    ("$1 - \\frac{1}{\\mathrm{e}}$", "$1 + \\frac{1}{\\mathrm{e}}$"): (0.0, "1 - 1/e != 1 + 1/e; the label records math-verify's output"),
+}
 SKIP_SETTINGS = {"precision": 6, "allow_set_relation_comp": False, "strict": True}  # rows kept only with these
 
 
@@ -79,8 +88,9 @@ def suite_cases(sources: dict[str, str]) -> tuple[list[dict], dict[str, int]]:
                     skipped[f"{bad[0]}={r[bad[0]]}"] = skipped.get(f"{bad[0]}={r[bad[0]]}", 0) + 1
                     continue
                 label = r.get("expected", r.get("result"))
+                truth = LABEL_NOT_TRUTH.get((r["gold"], r["pred"]), (float(bool(label)), ""))
                 cases.append({"file": fname, "test": test, "gold": r["gold"], "pred": r["pred"],
-                              "expected": float(bool(label))})
+                              "expected": float(bool(label)), "truth": truth[0], "why": truth[1]})
     return cases, skipped
 
 
@@ -97,23 +107,26 @@ def score(cases: list[dict], plain: bool = True) -> dict[str, list]:
 
 def report(cases: list[dict], skipped: dict[str, int], scores: dict[str, list]) -> str:
     n = len(cases)
+    fixed = sum(c["truth"] != c["expected"] for c in cases)
     lines = [f"{n} cases ({sum(c['expected'] == 1 for c in cases)} equivalent / {sum(c['expected'] == 0 for c in cases)} not); "
-             f"skipped (non-default settings): {skipped}", "",
-             "| scorer | agrees with their label | false negatives | false positives |", "|---|---|---|---|"]
+             f"skipped (non-default settings): {skipped}; {fixed} labels that are not the truth (`LABEL_NOT_TRUTH`)", "",
+             "| scorer | vs their labels | vs the truth | false negatives (truth) | false positives (truth) |",
+             "|---|---|---|---|---|"]
     for m in scores:
         got = [s.score if hasattr(s, "score") else s for s in scores[m]]
         ok = sum(g == c["expected"] for g, c in zip(got, cases))
-        fn = sum(g == 0 and c["expected"] == 1 for g, c in zip(got, cases))
-        fp = sum(g == 1 and c["expected"] == 0 for g, c in zip(got, cases))
-        lines.append(f"| {m} | {ok / n:.1%} ({ok}/{n}) | {fn} | {fp} |")
+        ok_t = sum(g == c["truth"] for g, c in zip(got, cases))
+        fn = sum(g == 0 and c["truth"] == 1 for g, c in zip(got, cases))
+        fp = sum(g == 1 and c["truth"] == 0 for g, c in zip(got, cases))
+        lines.append(f"| {m} | {ok / n:.1%} ({ok}/{n}) | {ok_t / n:.1%} ({ok_t}/{n}) | {fn} | {fp} |")
     lines += ["", "Every case where lenient disagrees with their label or with plain math-verify:", "",
-              "| file | gold | pred | label | lenient (status, path) | strict | plain |", "|---|---|---|---|---|---|---|"]
+              "| file | gold | pred | label | truth | lenient (status, path) | strict | plain |", "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(cases):
         le, st = scores["lenient"][i], scores["strict"][i]
         pl = scores["plain"][i] if "plain" in scores else le.score
-        if le.score != c["expected"] or le.score != pl:
+        if le.score != c["expected"] or le.score != pl or le.score != c["truth"]:
             cell = lambda s: "`" + s.replace("|", "\\|").replace("\n", "\\n")[:70] + "`"  # noqa: E731
-            lines.append(f"| {c['file']} | {cell(c['gold'])} | {cell(c['pred'])} | {c['expected']:.0f} | "
+            lines.append(f"| {c['file']} | {cell(c['gold'])} | {cell(c['pred'])} | {c['expected']:.0f} | {c['truth']:.0f} | "
                          f"{le.score:.0f} ({le.status}, {le.path}) | {st.score:.0f} | {pl:.0f} |")
     return "\n".join(lines)
 
