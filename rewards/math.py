@@ -122,6 +122,7 @@ class _GoldForm(NamedTuple):
     is_list: bool
     number: str | None
     rhs: "_GoldForm | None"
+    is_number: bool  # `canonical` is one number (`parse_number`)
 
 
 def _answer_form(gold_ans: str, *, with_rhs: bool = True) -> _GoldForm | None:
@@ -139,7 +140,7 @@ def _answer_form(gold_ans: str, *, with_rhs: bool = True) -> _GoldForm | None:
         list_gold = False
     rhs_text = equation_rhs(gold_c) if with_rhs and "=" in gold_c else None
     rhs = _answer_form(rhs_text, with_rhs=False) if rhs_text else None
-    return _GoldForm(gold_c, list_gold, number, rhs)
+    return _GoldForm(gold_c, list_gold, number, rhs, parse_number(gold_c) is not None)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -168,7 +169,7 @@ def _pair(answer: str, gold: _GoldForm) -> tuple[str, str]:
         if parse_number(as_number) is not None:
             return as_number, gold.number
         return canonical(answer, strip_equation=strip, list_gold=True), gold.canonical
-    if gold.is_list or parse_number(gold.canonical) is None:
+    if gold.is_list or not gold.is_number:
         return canonical(answer, strip_equation=strip, list_gold=True), gold.canonical
     return as_number, gold.canonical
 

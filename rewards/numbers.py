@@ -77,6 +77,9 @@ _GROUPED_RE = re.compile(rf"^[1-9]\d{{0,2}}(?:{THOUSANDS_SEP}\d{{3}})+(?:\.\d+)?
 _GROUP_SEP_RE = re.compile(THOUSANDS_SEP)
 THOUSANDS_COMMA_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
+_SIMPLE_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")
+_HAS_DIGIT_RE = re.compile(r"\d")
+_CURRENCY_START_RE = re.compile(rf"^{CURRENCY}\s*")
 _PERCENT_END_RE = re.compile(rf"{PERCENT}$", re.IGNORECASE)
 _MAGNITUDE_END_RE = re.compile(rf"{MAGNITUDE}$", re.IGNORECASE)
 
@@ -142,7 +145,11 @@ def read_number(s: str, *, decimal_comma: bool = True) -> Number | None:
     or an exponent past `MAX_EXPONENT`). `decimal_comma=False` reads `2,4` as not a number
     (the other side is a list). Never raises."""
     s = unify_signs(s).strip()
-    scale, decimal = Fraction(1), False
+    if _SIMPLE_RE.match(s):  # the common case, without the grammar's machinery
+        return Number(Fraction(s), "." in s, False)
+    if not s or not _HAS_DIGIT_RE.search(s):
+        return None
+    scale, decimal = 1, False
     while (m := _MAGNITUDE_END_RE.search(s)) and m.start() > 0:
         scale *= MAGNITUDES[m.group(0).strip().lower().rstrip("s")]
         s = s[: m.start()].rstrip()
@@ -153,7 +160,7 @@ def read_number(s: str, *, decimal_comma: bool = True) -> Number | None:
     sign = 1
     if s[:1] and s[0] in "-+":
         sign, s = (-1 if s[0] == "-" else 1), s[1:].lstrip()
-    s = re.sub(rf"^{CURRENCY}\s*", "", s)
+    s = _CURRENCY_START_RE.sub("", s)
     if s[:1] and s[0] in "-+" and sign == 1:  # `$-5`
         sign, s = (-1 if s[0] == "-" else 1), s[1:].lstrip()
     exp = 0
@@ -167,7 +174,9 @@ def read_number(s: str, *, decimal_comma: bool = True) -> Number | None:
     if got is None:
         return None
     value, dec = got
-    return Number(sign * value * scale * Fraction(10) ** exp, decimal or dec, percent)
+    if scale != 1 or exp:
+        value = value * scale * (Fraction(10) ** exp)
+    return Number(-value if sign < 0 else value, decimal or dec, percent)
 
 
 def format_fraction(v: Fraction) -> str:
