@@ -10,20 +10,19 @@ Three parts:
   the value and against no nearby wrong value (value +- 1, the negated value, the fraction part
   alone, the whole part alone, the exponent alone, the mantissa alone). Default tier: 2000 examples
   (derandomized, ~5 s); `slow`: 10000 examples (~40 s) under another fixed seed. Counter-examples it found are kept
-  as fixed cases in `number_cases.jsonl` (`test_number_case`).
+  as fixed cases (with their right value) in `labelled_cases_v4.jsonl`, scored with the other
+  labelled sets by `test_reward_labelled.py`.
 """
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from rewards.math import compute_score, score_batch_detailed
+from rewards.math import score_batch_detailed
 from rewards.numbers import read_number
 
 # (completion, gold, lenient score stated by the issue, marker-less?)
@@ -236,18 +235,3 @@ def test_round_trip_never_pays_a_wrong_number(data):
 @given(cases_with_template)
 def test_round_trip_never_pays_a_wrong_number_long(data):
     _check_round_trip(data)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fixed cases: counter-examples the property found, and cases of our own beside the issue's classes
-# ---------------------------------------------------------------------------------------------
-
-NUMBER_CASES = [json.loads(line) for line in (Path(__file__).parent / "number_cases.jsonl").read_text().splitlines()
-                if line.strip()]
-
-
-@pytest.mark.parametrize("case", NUMBER_CASES, ids=[f"{c['id']}-{c['category']}" for c in NUMBER_CASES])
-def test_number_case(case):
-    assert compute_score(case["completion"], case["gold"]) == case["expected"], case
-    strict = compute_score(case["completion"], case["gold"], extraction="strict")
-    assert strict <= case["expected"], case  # strict never pays what lenient must not
