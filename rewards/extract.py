@@ -72,6 +72,12 @@ _GAP_STOP_WORDS_RE = re.compile(
     r"\b(?:so|hence|thus|therefore|then|answer|final|correct|actually|wait|but|not|or|instead|check|again|get|gives?|is|was)\b",
     re.IGNORECASE,
 )
+# In a one-number sentence, words that make the number something other than the answer (`none left
+# after 5 days`, `step 2`, `option 3`).
+_SENTENCE_STOP_WORDS = frozenset({
+    "none", "zero", "never", "neither", "nor", "nothing", "nobody", "step", "part", "case", "question", "problem",
+    "option", "choice", "equation", "line", "page", "figure", "per", "each", "every", "after", "before", "since",
+})
 _GAP_AND_END_RE = re.compile(r"\band\s*\}?\s*$")
 _ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is(?:\s+therefore)?\s*:?|:|=)[ \t]*", re.IGNORECASE)
 _HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
@@ -300,12 +306,13 @@ def _answer_phrase(text: str) -> str | None:
 def _number_of_sentence(ans: str) -> str:
     """`Final Answer: Jane started growing Sphere 3 hours ago.` -> `3`: a plain sentence (two or more
     prose words, no math) holding exactly one number and no qualifier (`or`, `not`, `at least`,
-    `between`, ...: `rewards.normalize.QUALIFIER_WORDS`) states that number. Anything else is kept whole."""
+    `between`, ...: `rewards.normalize.QUALIFIER_WORDS`) nor a word that makes the number a label or a
+    count of something else (`step 2`, `after 5 days`, `none`: `_SENTENCE_STOP_WORDS`) states that number. Anything else is kept whole."""
     if "$" in ans or "\\" in ans or len(_PROSE_WORD_RE.findall(ans)) < 2:
         return ans
     numbers = list(NUMBER_RE.finditer(ans))
     words = {w.lower() for w in re.findall(r"[A-Za-z]+", ans)}
-    if len(numbers) != 1 or words & QUALIFIER_WORDS or re.search(r"[-+*/=^<>]", NUMBER_RE.sub(" ", ans)):
+    if len(numbers) != 1 or words & (QUALIFIER_WORDS | _SENTENCE_STOP_WORDS) or re.search(r"[-+*/=^<>]", NUMBER_RE.sub(" ", ans)):
         return ans
     return numbers[0].group(0).strip()
 
