@@ -8,9 +8,11 @@ brace-matched (from the last one backwards), math blocks are found by one left-t
 Extraction order (`extract`), the same in both modes up to step 3:
 
 1. **Boxes** (marker): the last well-formed `\\boxed{...}` / `\\fbox{...}` (nested braces, `\\{ \\}`
-   set braces), or the brace-less `\\boxed 5` / `\\boxed5` (the next whitespace- or `$`-delimited
-   token). Boxes that follow each other with only separators between them (spaces, `$`, `,`, `;`,
-   "and", "or", `\\quad`) form one list answer: `$\\boxed{1}$ and $\\boxed{-2}$` -> `1, -2`
+   set braces, any whitespace before the brace: `\\boxed\\n{5}`), or the brace-less `\\boxed 5` /
+   `\\boxed5` (the next whitespace- or `$`-delimited token). Boxes that follow each other with only
+   separators between them (spaces, `$`, `,`, `;`, "and", "or", `\\quad`, `\\\\`, a separator line
+   `++++++`) or a short conjunction ending in "and" (`\\boxed{1} papers and \\boxed{2} bins`:
+   `_boxes_joined`) form one list answer: `$\\boxed{1}$ and $\\boxed{-2}$` -> `1, -2`
    (identical repeats collapse: `\\boxed{5} ... \\boxed{5}` adjacent -> `5`). A box separated from
    the previous one by other text stands alone: `\\boxed{60} ... so \\boxed{65}` -> `65`.
 2. **Answer phrases** (marker): the last "final answer is/:", "the answer is", "Answer:" (markdown
@@ -21,6 +23,8 @@ Extraction order (`extract`), the same in both modes up to step 3:
    Blocks joined by separators form a list (`$12$ and $13$`); quotes around the answer are dropped.
    A sentence `<subject> is/are/equals <value>` whose subject has prose or a math block gives the
    value after its last verb: `Final Answer: The largest $n$ is 34.` -> `34` (never the subject `n`).
+   A plain sentence with exactly one number and no qualifier or label word gives that number
+   (`Final Answer: Jane started growing Sphere 3 hours ago.` -> `3`).
    A non-empty answer phrase *after* the last box replaces it (the later marker restates the final
    answer: `... = \\boxed{255} ... Final Answer: The final answer is $10,455$` -> `10,455`).
 2b. **GSM8K final line** (marker): the last line starting with `####` (`#### 72`, `#### $1,234`):
@@ -30,9 +34,10 @@ Extraction order (`extract`), the same in both modes up to step 3:
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
    completion, as math-verify does: whichever ends later of the last math block and the last
    number after it. Math blocks joined only by separators form a list, as boxes do
-   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
-   comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
-   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped. A number
+   (`$x = 5$ or $x = -5$`). A number is the grammar of `rewards.numbers` (`NUMBER_RE`): its sign
+   (U+2212 too), thousands groups (`1 000`, `1,234`), decimal comma (`2,74`), leading-point decimal
+   (`.4`), fraction `a/b`, mixed number (`2 1/2`), scientific notation (`2 × 10^3`, `5e-3`), trailing
+   percent (`28 percent`) and magnitude words (`1.5 million`) are never dropped. A number
    inside a LaTeX group (`\\frac{1}{4}`, `2^{10}`) is never the answer alone: the whitespace-delimited
    token around it is, when no operator touches it (`\\frac{1}{2} + \\frac{1}{3}` has none); a
    completion that is one bare LaTeX expression (a macro, no math block, no prose word) is read whole.
@@ -40,7 +45,7 @@ Extraction order (`extract`), the same in both modes up to step 3:
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
 
 Golds (`normalize_gold`): GSM8K `... #### 42`; a `\\boxed` solution -> its boxed answer (boxes form
-a list as above; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
+a list by the same rule: `There are \\boxed{3} cats and \\boxed{5} dogs` -> `3, 5`; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
 solution without a box (prose: an answer phrase, a line break or a sentence) -> the same
 markers-then-fallback extraction; else the stripped string. No fixed length cut: a gold answer
 is refused only past `MAX_GOLD_CHARS` (4096), a hostile-input guard.

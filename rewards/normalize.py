@@ -19,16 +19,17 @@
   word, a math word (`pi`, `squared`, ...) or holds a qualifier word (`or more`, `at least`:
   `QUALIFIER_WORDS`), or what remains would end in an operator (`3 + \\mathrm{i}` is never `3 +`);
 - `x = 3` -> `3` when the gold is not an equation, `1e3` -> `1\\times 10^{3}`;
-- **commas** (the `1,234` rule): a comma between digit groups is a thousands separator when the
-  number has the exact form `[1-9]d{0,2}(,ddd)+` (`1,234`, `12,345,678`: the English convention of
-  GSM8K, math-verify and latex2sympy). Otherwise, when the gold is a single value, one comma
-  between digits is a decimal comma (`0,111`, `1000,99`, `3,5`: no thousands reading exists).
-  When the gold is itself a list (a top-level comma), every comma is a list separator on both
-  sides (`1,234` vs gold `1, 234` is the list 1, 234);
+- **commas**: the symmetric decimal-comma rule of `rewards.numbers` (`canonical(..., list_gold=,
+  decimal_comma=)` applies the reading that `rewards.math` chose from the other side): `1,234` is
+  1234 and `2,4` is 2.4 against one number; against a list every comma between digits separates;
+- a gold `name = value` is judged by `equation_rhs`; `or` between alternatives separates a set;
+- mixed numbers `2 1/2`, `2\\frac{1}{2}` -> `\\frac{5}{2}`; U+2212 -> `-`; a leading `+` and a stray
+  final backslash are dropped;
 - multiple-choice letters `(B)`, `B.`, `\\textbf{(B)}` -> `B`.
 
-Numbers (`parse_number`, `numbers_equal`): integers, decimals, `a/b`, `\\frac{a}{b}`, scientific
-notation and percents as exact `Fraction`s. Two exact values compare exactly; when either is
+Numbers (`parse_number` = `rewards.numbers.read_number`, `numbers_equal`): every form of the number
+grammar (integers, decimals, `a/b`, `\\frac{a}{b}`, mixed numbers, scientific notation, percents) as
+exact `Fraction`s. Two exact values compare exactly; when either is
 written as a decimal, they are equal within a relative tolerance `DECIMAL_RTOL` (1e-6, the
 relative counterpart of math-verify's 6 decimals). Never an absolute tolerance: `1e-10` != `2e-10`.
 """
