@@ -9,7 +9,7 @@ Three parts:
   sentence with or without a marker and with or without trailing words or units, is paid against
   the value and against no nearby wrong value (value +- 1, the negated value, the fraction part
   alone, the whole part alone, the exponent alone, the mantissa alone). Default tier: 2000 examples
-  (derandomized, ~5 s); `slow`: 10000 examples (~40 s) under another fixed seed. Counter-examples it found are kept
+  (derandomized, ~5 s); `slow`: 10000 examples (~25 s) under another fixed seed. Counter-examples it found are kept
   as fixed cases (with their right value) in `labelled_cases_v4.jsonl`, scored with the other
   labelled sets by `test_reward_labelled.py`.
 """
