@@ -8,9 +8,11 @@ brace-matched (from the last one backwards), math blocks are found by one left-t
 Extraction order (`extract`), the same in both modes up to step 3:
 
 1. **Boxes** (marker): the last well-formed `\\boxed{...}` / `\\fbox{...}` (nested braces, `\\{ \\}`
-   set braces), or the brace-less `\\boxed 5` / `\\boxed5` (the next whitespace- or `$`-delimited
-   token). Boxes that follow each other with only separators between them (spaces, `$`, `,`, `;`,
-   "and", "or", `\\quad`) form one list answer: `$\\boxed{1}$ and $\\boxed{-2}$` -> `1, -2`
+   set braces, any whitespace before the brace: `\\boxed\\n{5}`), or the brace-less `\\boxed 5` /
+   `\\boxed5` (the next whitespace- or `$`-delimited token). Boxes that follow each other with only
+   separators between them (spaces, `$`, `,`, `;`, "and", "or", `\\quad`, `\\\\`, a separator line
+   `++++++`) or a short conjunction ending in "and" (`\\boxed{1} papers and \\boxed{2} bins`:
+   `_boxes_joined`) form one list answer: `$\\boxed{1}$ and $\\boxed{-2}$` -> `1, -2`
    (identical repeats collapse: `\\boxed{5} ... \\boxed{5}` adjacent -> `5`). A box separated from
    the previous one by other text stands alone: `\\boxed{60} ... so \\boxed{65}` -> `65`.
 2. **Answer phrases** (marker): the last "final answer is/:", "the answer is", "Answer:" (markdown
@@ -21,6 +23,8 @@ Extraction order (`extract`), the same in both modes up to step 3:
    Blocks joined by separators form a list (`$12$ and $13$`); quotes around the answer are dropped.
    A sentence `<subject> is/are/equals <value>` whose subject has prose or a math block gives the
    value after its last verb: `Final Answer: The largest $n$ is 34.` -> `34` (never the subject `n`).
+   A plain sentence with exactly one number and no qualifier or label word gives that number
+   (`Final Answer: Jane started growing Sphere 3 hours ago.` -> `3`).
    A non-empty answer phrase *after* the last box replaces it (the later marker restates the final
    answer: `... = \\boxed{255} ... Final Answer: The final answer is $10,455$` -> `10,455`).
 2b. **GSM8K final line** (marker): the last line starting with `####` (`#### 72`, `#### $1,234`):
@@ -30,9 +34,10 @@ Extraction order (`extract`), the same in both modes up to step 3:
 4. **Fallback** (`lenient` only, no marker anywhere): the last mathematical expression of the
    completion, as math-verify does: whichever ends later of the last math block and the last
    number after it. Math blocks joined only by separators form a list, as boxes do
-   (`$x = 5$ or $x = -5$`). A number keeps its thousands groups (`1 000`, `1,234`), a decimal
-   comma (`2,74`), a leading-point decimal (`.4`), a fraction `a/b`, a trailing percent
-   (`28 percent`, `28 pct`) and magnitude words (`1.5 million`): they are never dropped. A number
+   (`$x = 5$ or $x = -5$`). A number is the grammar of `rewards.numbers` (`NUMBER_RE`): its sign
+   (U+2212 too), thousands groups (`1 000`, `1,234`), decimal comma (`2,74`), leading-point decimal
+   (`.4`), fraction `a/b`, mixed number (`2 1/2`), scientific notation (`2 × 10^3`, `5e-3`), trailing
+   percent (`28 percent`) and magnitude words (`1.5 million`) are never dropped. A number
    inside a LaTeX group (`\\frac{1}{4}`, `2^{10}`) is never the answer alone: the whitespace-delimited
    token around it is, when no operator touches it (`\\frac{1}{2} + \\frac{1}{3}` has none); a
    completion that is one bare LaTeX expression (a macro, no math block, no prose word) is read whole.
@@ -40,7 +45,7 @@ Extraction order (`extract`), the same in both modes up to step 3:
 `strict` mode is steps 1-3 only (a completion without a marker is `no_answer`).
 
 Golds (`normalize_gold`): GSM8K `... #### 42`; a `\\boxed` solution -> its boxed answer (boxes form
-a list as above; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
+a list by the same rule: `There are \\boxed{3} cats and \\boxed{5} dogs` -> `3, 5`; an unclosed `\\boxed{` with no closed box is an error -> `bad_gold`); a worked
 solution without a box (prose: an answer phrase, a line break or a sentence) -> the same
 markers-then-fallback extraction; else the stripped string. No fixed length cut: a gold answer
 is refused only past `MAX_GOLD_CHARS` (4096), a hostile-input guard.
@@ -50,6 +55,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from rewards.normalize import QUALIFIER_WORDS
+from rewards.numbers import NUMBER_RE, read_number, unify_signs
 
 MAX_COMPLETION_CHARS = 16_000
 MAX_ANSWER_CHARS = 1_024  # an extracted completion answer longer than this is `answer_too_long`
@@ -62,9 +70,21 @@ MARKER, FALLBACK = "marker", "fallback"
 BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 # Between two boxes that form one list answer: only these separators.
 _BOX_GAP_RE = re.compile(
-    r"(?:\s|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
+    r"(?:\s|[-+=*#~|_]{3,}|\\\\|\$|,|;|\.|\\[()\[\],;: ]|\\q?quad\b|\band\b|\bor\b|\\(?:text|mbox|textrm)\s*\{\s*(?:and|or|,)?\s*\})*"
 )
-_ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\s*:?|:|=)[ \t]*", re.IGNORECASE)
+_GAP_LABEL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?=\$?\s*$)|\\[()\[\]]|\$")  # `and \( y_2 = ` before a box
+_GAP_STOP_WORDS_RE = re.compile(
+    r"\b(?:so|hence|thus|therefore|then|answer|final|correct|actually|wait|but|not|or|instead|check|again|get|gives?|is|was)\b",
+    re.IGNORECASE,
+)
+# In a one-number sentence, words that make the number something other than the answer (`none left
+# after 5 days`, `step 2`, `option 3`).
+_SENTENCE_STOP_WORDS = frozenset({
+    "none", "zero", "never", "neither", "nor", "nothing", "nobody", "step", "part", "case", "question", "problem",
+    "option", "choice", "equation", "line", "page", "figure", "per", "each", "every", "after", "before", "since",
+})
+_GAP_AND_END_RE = re.compile(r"\band\s*\}?\s*$")
+_ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is(?:\s+therefore)?\s*:?|:|=)[ \t]*", re.IGNORECASE)
 _HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _EMPHASIS_RE = re.compile(r"\*\*|__")
 _EXPLANATION_RE = re.compile(
@@ -73,16 +93,6 @@ _EXPLANATION_RE = re.compile(
     re.IGNORECASE,
 )
 _FILLER_BEFORE_MATH_RE = re.compile(r"(?:[A-Za-z]+[ \t]+){0,3}")
-_MAGNITUDE_WORDS = r"hundred|thousand|million|billion|trillion|quadrillion|dozen"
-# The fallback's numbers: thousands groups (`1,234`, `1 000`, `1{,}000`, `1\,000`), decimals,
-# a/b, then an optional percent and magnitude words, which are part of the value.
-_FALLBACK_NUMBER_RE = re.compile(
-    r"(?<![\w.])-?(?:(?:[1-9]\d{0,2}(?:(?:,|\{,\}|\\,|\\!|[ \u2009\u202f])\d{3})+(?!\d)|\d+)(?:\.\d+|,\d+(?![\d,]))?"
-    r"|\.\d+)(?:\s*/\s*\d+)?"
-    r"(?:\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b))?"
-    rf"(?:\s+(?:{_MAGNITUDE_WORDS})s?\b)*",
-    re.IGNORECASE,
-)
 _PERCENT_AFTER_RE = re.compile(r"\s*(?:\\?%|per\s?cent(?:age)?\b|pct\b)", re.IGNORECASE)
 _GSM8K_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}\b")
@@ -151,7 +161,11 @@ def boxes(text: str) -> list[tuple[int, int, str]]:
         j = m.end()
         while j < len(text) and text[j] == " ":
             j += 1
-        if j < len(text) and text[j] == "{":
+        k = j
+        while k < len(text) and text[k].isspace():
+            k += 1
+        if k < len(text) and text[k] == "{":  # `\boxed\n{5}`: any whitespace before the brace
+            j = k
             end = match_braces(text, j)
             if end is not None:
                 out.append((m.start(), end + 1, text[j + 1 : end]))
@@ -177,7 +191,7 @@ def last_boxed(text: str) -> str | None:
         return None
     group = [found[-1]]
     for b in reversed(found[:-1]):
-        if _BOX_GAP_RE.fullmatch(text[b[1] : group[0][0]]) is None:
+        if not _boxes_joined(text[b[1] : group[0][0]]):
             break
         group.insert(0, b)
     contents: list[str] = []
@@ -186,6 +200,20 @@ def last_boxed(text: str) -> str | None:
         if c and c not in contents:
             contents.append(c)
     return ", ".join(contents)
+
+
+def _boxes_joined(gap: str) -> bool:
+    """Two boxes form one list answer when only separators lie between them, or a short conjunction
+    ending in "and" with no digit, sentence end or reasoning word (`\boxed{1} papers and \boxed{2}`,
+    `\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}`, `y_1 = \boxed{A} and y_2 = \boxed{B}`)."""
+    if gap.endswith("\\"):  # `\\boxed{4}`: a LaTeX line break before the box
+        gap = gap[:-1]
+    if _BOX_GAP_RE.fullmatch(gap):
+        return True
+    gap = _GAP_LABEL_RE.sub(" ", gap)
+    if len(gap) > 60 or re.search(r"[\d.\n!?;]", gap) or _GAP_STOP_WORDS_RE.search(gap):
+        return False
+    return bool(_GAP_AND_END_RE.search(gap))
 
 
 def math_blocks(text: str) -> list[tuple[int, int, str]]:
@@ -277,7 +305,21 @@ def _answer_phrase(text: str) -> str | None:
         if blocks and blocks[0][0] == 0 and not rest[blocks[0][1] :].strip():
             return _with_percent(rest, blocks[0][1], blocks[0][2])
         return rest
-    return ans
+    return _number_of_sentence(ans)
+
+
+def _number_of_sentence(ans: str) -> str:
+    """`Final Answer: Jane started growing Sphere 3 hours ago.` -> `3`: a plain sentence (two or more
+    prose words, no math) holding exactly one number and no qualifier (`or`, `not`, `at least`,
+    `between`, ...: `rewards.normalize.QUALIFIER_WORDS`) nor a word that makes the number a label or a
+    count of something else (`step 2`, `after 5 days`, `none`: `_SENTENCE_STOP_WORDS`) states that number. Anything else is kept whole."""
+    if "$" in ans or "\\" in ans or len(_PROSE_WORD_RE.findall(ans)) < 2:
+        return ans
+    numbers = list(NUMBER_RE.finditer(ans))
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", ans)}
+    if len(numbers) != 1 or words & (QUALIFIER_WORDS | _SENTENCE_STOP_WORDS) or re.search(r"[-+*/=^<>]", NUMBER_RE.sub(" ", ans)):
+        return ans
+    return numbers[0].group(0).strip()
 
 
 def _hash_line(text: str) -> tuple[int, str] | None:
@@ -326,12 +368,15 @@ def _fallback(text: str) -> str | None:
         return text.strip()  # `\frac{10}{9}`: its last number (9) is only a part of it
     tail_start = blocks[-1][1] if blocks else 0
     last = None
-    for last in _FALLBACK_NUMBER_RE.finditer(text, tail_start):
+    for last in NUMBER_RE.finditer(text, tail_start):  # the number grammar (`rewards.numbers`)
         pass
     if last is not None:
-        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith("}", last.end()):
-            return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`: not the number 4
-        return last.group(0).strip()
+        if (last.start() > 0 and text[last.start() - 1] in "{^_") or text.startswith(("}", "^"), last.end()):
+            return _latex_token(text, last.start(), last.end())  # `\frac{1}{4}`, `2^{10}`: not the number 4 or 2
+        number = last.group(0).strip()
+        if read_number(number) is None and " " in number:  # `2 3/2` is no mixed number: its last part is
+            number = number.rsplit(" ", 1)[1]
+        return number
     group: list[tuple[int, int, str]] = []
     for b in reversed(blocks):
         if not b[2].strip():
@@ -351,7 +396,7 @@ def extract(completion: str, extraction: str = "lenient") -> Extracted:
     check_extraction(extraction)
     if not isinstance(completion, str) or not completion:
         return Extracted(None, None)
-    text = cap_completion(completion)
+    text = unify_signs(cap_completion(completion))  # `−7` is `-7` on every path
     boxed = last_boxed(text)
     if boxed is not None:
         # An answer phrase after the last box restates the final answer (`\boxed{255}` for a step,
@@ -428,7 +473,7 @@ def normalize_gold(gold: str, fmt: str = "auto") -> str:
         ans = gold.rsplit("####", 1)[1].strip()
         return ans.replace(",", "") if _GSM8K_THOUSANDS_RE.fullmatch(ans) else ans
     if fmt == "boxed":
-        boxed = last_boxed(gold)
+        boxed = last_boxed(gold)  # `There are \boxed{3} cats and \boxed{5} dogs`: the list 3, 5
         if not boxed:
             raise ValueError(f"normalize_gold: no closed, non-empty \\boxed{{}} in gold {gold[:80]!r}. Fix: use fmt='plain'")
         return boxed.strip()

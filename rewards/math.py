@@ -57,6 +57,7 @@ from rewards.extract import (
 from rewards.normalize import (
     canonical,
     choice_letter,
+    equation_rhs,
     is_choice_letter,
     is_list,
     is_text,
@@ -64,7 +65,9 @@ from rewards.normalize import (
     numbers_equal,
     parse_number,
     text_key,
+    top_level_commas,
 )
+from rewards.numbers import comma_kind
 from rewards.pool import COUNTERS, get_pool
 from rewards.verify import DEFAULT_TIMEOUT, verify_prepared
 
@@ -109,22 +112,66 @@ class Prepared:
     path: str | None = None
 
 
+class _GoldForm(NamedTuple):
+    """A gold's canonical readings. `canonical`/`is_list`: as written (commas between digits
+    separating list items when `is_list`); `number`: its reading as one number when its commas
+    are ambiguous (`2,4`, `1,234`: the decimal-comma rule of `rewards.numbers`), else None;
+    `rhs`: the form of its right-hand side when it states the answer as `name = value`."""
+
+    canonical: str
+    is_list: bool
+    number: str | None
+    rhs: "_GoldForm | None"
+    is_number: bool  # `canonical` is one number (`parse_number`)
+
+
+def _answer_form(gold_ans: str, *, with_rhs: bool = True) -> _GoldForm | None:
+    gold_c = canonical(gold_ans, strip_equation=False)
+    if not gold_c:
+        return None
+    number = None
+    if is_list(gold_c) or comma_kind(gold_c):
+        list_c = canonical(gold_ans, strip_equation=False, list_gold=True)
+        as_number = canonical(gold_ans, strip_equation=False, decimal_comma=True)
+        if parse_number(as_number) is not None and top_level_commas(list_c):  # `2,4`: 2.4 or the list 2, 4
+            number = as_number
+        gold_c, list_gold = list_c, True
+    else:
+        list_gold = False
+    rhs_text = equation_rhs(gold_c) if with_rhs and "=" in gold_c else None
+    rhs = _answer_form(rhs_text, with_rhs=False) if rhs_text else None
+    return _GoldForm(gold_c, list_gold, number, rhs, parse_number(gold_c) is not None)
+
+
 @functools.lru_cache(maxsize=65_536)
-def _gold_form(gold: str) -> tuple[str, bool]:
-    """(canonical gold, is it a list) or ("", False) for a bad gold. Cached: a GRPO group shares its gold."""
+def _gold_form(gold: str) -> _GoldForm | None:
+    """The readings of a gold, or None for a bad gold. Cached: a GRPO group shares its gold."""
     if not gold.strip():
-        return "", False
+        return None
     try:
         gold_ans = normalize_gold(gold, "auto")
     except ValueError:
-        return "", False
+        return None
     if not gold_ans or len(gold_ans) > MAX_GOLD_CHARS:
-        return "", False
-    gold_c = canonical(gold_ans, strip_equation=False)
-    list_gold = is_list(gold_c)
-    if list_gold:
-        gold_c = canonical(gold_ans, strip_equation=False, list_gold=True)
-    return gold_c, list_gold
+        return None
+    return _answer_form(gold_ans)
+
+
+def _pair(answer: str, gold: _GoldForm) -> tuple[str, str]:
+    """(canonical prediction, canonical gold) under one symmetric comma rule (`rewards.numbers`):
+    a comma between digits is a decimal comma / thousands separator when both sides are one
+    number, a list separator otherwise."""
+    if gold.rhs is not None and "=" not in answer:  # `AB:CD=3:8` vs `3:8`: judged by its right-hand side
+        gold = gold.rhs
+    strip = "=" not in gold.canonical
+    as_number = canonical(answer, strip_equation=strip, decimal_comma=True)
+    if gold.number is not None:
+        if parse_number(as_number) is not None:
+            return as_number, gold.number
+        return canonical(answer, strip_equation=strip, list_gold=True), gold.canonical
+    if gold.is_list or not gold.is_number:
+        return canonical(answer, strip_equation=strip, list_gold=True), gold.canonical
+    return as_number, gold.canonical
 
 
 def prepare(completion: str, gold: str, *, extraction: str = "lenient", finished: bool | None = None) -> Prepared:
@@ -133,8 +180,8 @@ def prepare(completion: str, gold: str, *, extraction: str = "lenient", finished
     check_extraction(extraction)
     if not isinstance(gold, str):
         return Prepared(0.0, "bad_gold")
-    gold_c, list_gold = _gold_form(gold)
-    if not gold_c:
+    form = _gold_form(gold)
+    if form is None:
         return Prepared(0.0, "bad_gold")
     ex = extract(completion, extraction) if isinstance(completion, str) else extract("", extraction)
     if finished is False and ex.path != "marker":  # cut off before any marker: its last number is not an answer
@@ -143,7 +190,7 @@ def prepare(completion: str, gold: str, *, extraction: str = "lenient", finished
         return Prepared(0.0, "no_answer", path=ex.path)
     if len(ex.answer) > MAX_ANSWER_CHARS:
         return Prepared(0.0, "answer_too_long", path=ex.path)
-    pred_c = canonical(ex.answer, strip_equation="=" not in gold_c, list_gold=list_gold, decimal_comma=not list_gold)
+    pred_c, gold_c = _pair(ex.answer, form)
     if not pred_c:
         return Prepared(0.0, "no_answer", path=ex.path)
     if is_choice_letter(gold_c):

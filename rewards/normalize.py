@@ -19,16 +19,17 @@
   word, a math word (`pi`, `squared`, ...) or holds a qualifier word (`or more`, `at least`:
   `QUALIFIER_WORDS`), or what remains would end in an operator (`3 + \\mathrm{i}` is never `3 +`);
 - `x = 3` -> `3` when the gold is not an equation, `1e3` -> `1\\times 10^{3}`;
-- **commas** (the `1,234` rule): a comma between digit groups is a thousands separator when the
-  number has the exact form `[1-9]d{0,2}(,ddd)+` (`1,234`, `12,345,678`: the English convention of
-  GSM8K, math-verify and latex2sympy). Otherwise, when the gold is a single value, one comma
-  between digits is a decimal comma (`0,111`, `1000,99`, `3,5`: no thousands reading exists).
-  When the gold is itself a list (a top-level comma), every comma is a list separator on both
-  sides (`1,234` vs gold `1, 234` is the list 1, 234);
+- **commas**: the symmetric decimal-comma rule of `rewards.numbers` (`canonical(..., list_gold=,
+  decimal_comma=)` applies the reading that `rewards.math` chose from the other side): `1,234` is
+  1234 and `2,4` is 2.4 against one number; against a list every comma between digits separates;
+- a gold `name = value` is judged by `equation_rhs`; `or` between alternatives separates a set;
+- mixed numbers `2 1/2`, `2\\frac{1}{2}` -> `\\frac{5}{2}`; U+2212 -> `-`; a leading `+` and a stray
+  final backslash are dropped;
 - multiple-choice letters `(B)`, `B.`, `\\textbf{(B)}` -> `B`.
 
-Numbers (`parse_number`, `numbers_equal`): integers, decimals, `a/b`, `\\frac{a}{b}`, scientific
-notation and percents as exact `Fraction`s. Two exact values compare exactly; when either is
+Numbers (`parse_number` = `rewards.numbers.read_number`, `numbers_equal`): every form of the number
+grammar (integers, decimals, `a/b`, `\\frac{a}{b}`, mixed numbers, scientific notation, percents) as
+exact `Fraction`s. Two exact values compare exactly; when either is
 written as a decimal, they are equal within a relative tolerance `DECIMAL_RTOL` (1e-6, the
 relative counterpart of math-verify's 6 decimals). Never an absolute tolerance: `1e-10` != `2e-10`.
 """
@@ -36,14 +37,20 @@ relative counterpart of math-verify's 6 decimals). Never an absolute tolerance: 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 
+from rewards.numbers import (
+    DECIMAL_COMMA_RE,
+    MAGNITUDES,
+    MIXED,
+    THOUSANDS_COMMA_RE,
+    Number,
+    format_fraction,
+    read_number,
+    unify_signs,
+)
+
 DECIMAL_RTOL = Fraction(1, 10**6)
-MAGNITUDES = {
-    "hundred": 10**2, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12,
-    "quadrillion": 10**15, "dozen": 12,
-}
 # Words that are mathematics, not units: never stripped after a number, allowed inside formulas.
 MATH_WORDS = frozenset({
     "pi", "e", "i", "squared", "cubed", "factorial", "sqrt", "frac", "infty", "infinity", "inf", "and", "or",
@@ -91,23 +98,64 @@ _MAGNITUDE_WORD_RE = re.compile("|".join(MAGNITUDES), re.IGNORECASE)
 _TRAILING_TEXT_RE = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm|textrm|textbf|textit)\s*\{([^{}]*)\}(?:\^\{?\d\}?)?$", re.DOTALL)
 _WHOLE_TEXT_RE = re.compile(r"^\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}$")
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]+(?:\\%)?)\s*([a-zA-Z]{2,})(?:\^?\d)?(?:\s+([a-zA-Z]{2,}))?$")
+_NUMBER_THEN_WORDS_RE = re.compile(r"^(.*?[\d}])\s*((?:[a-zA-Z]{2,}(?:\^?\d)?\s*){1,2})$")
 _ENDS_IN_OPERATOR_RE = re.compile(r"(?:[-+*/^_{(,=<>&|]|\\(?:cdot|times|div|pm|mp|frac|sqrt|cup|cap|setminus))\s*$")
 _EQUATION_LHS_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
 _SCI_RE = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,3})")
-_SCI_LATEX_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d{1,3})\s*\}?")
-_THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
-_DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 _CHOICE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
 _CHOICE_WITH_TEXT_RE = re.compile(r"^(?:\(([A-Ja-j])\)|([A-J])(?:[.:)]|\s))\s*(.*)$", re.DOTALL)
 _OPERATOR_START_RE = re.compile(r"[-+*/^=<>]|\\(?:cdot|times|div|pm|leq?|geq?)(?![a-zA-Z])")
 _OTHER_CHOICE_RE = re.compile(r"(?<![A-Za-z])\(?[A-J]\)?(?![A-Za-z])")
-_AND_OR_RE = re.compile(r"\s*\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+|,\s*(?:and|or)\s+")
+_AND_OR_RE = re.compile(r"(?<=[)\]])\s*or\s*(?=[(\[])|\s*\\(?:text|mbox|textrm)\s*\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+|,\s*(?:and|or)\s+")
 _MACRO_RE = re.compile(r"\\[a-zA-Z]+")
 _ENVIRONMENT_RE = re.compile(r"\\(?:begin|end)\s*\{[a-zA-Z*]+\}")
 _TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox|textit)\s*\{([^{}]*)\}")
 _WORD_RE = re.compile(r"[a-zA-Z]{4,}")
-_DECIMAL_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-_FRAC_RE = re.compile(r"([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}|([-+]?\d+)\s*/\s*([-+]?\d+)")
+
+
+_PLUS_SIGN_RE = re.compile(r"^\+\s*(?=[\d.])")
+_STRAY_BACKSLASH_RE = re.compile(r"(?<!\\)\\\s*$")
+_LEADING_MIXED_RE = re.compile(rf"^(-?)({MIXED})(?=\s|\\text|\\%|%|$)")
+
+
+def _group_end(s: str) -> int | None:
+    """Index of the `}` closing the `{` at s[0] (escaped `\\{ \\}` do not count), or None."""
+    depth, i = 0, 0
+    while i < len(s):
+        if s[i] == "\\":
+            i += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(s[i], 0)
+        if depth == 0:
+            return i
+        i += 1
+    return None
+
+
+# An equation's left side that only names the answer: letters, subscripts, ratios, `f(x)`, `\angle ABC`.
+_LABEL_RE = re.compile(r"(?:[A-Za-z]+|\\(?:angle|measuredangle|overline|widehat|triangle|text|mathrm)(?![a-zA-Z])"
+                       r"|_\{?[\w,]+\}?|\{[A-Za-z ]*\}|[:()', ]|\\[,;!])+")
+
+
+def equation_rhs(s: str) -> str | None:
+    """The right-hand side(s) of a gold that states its answer as `name = value` (`AB:CD=3:8` -> `3:8`,
+    `S_{MBCN}:S=7:32` -> `7:32`, `f(x) = 2x`, `y_{1}=A, y_{2}=B` -> `A, B`, a chain `1 = \\zzz = x = 0` -> `0`: its last link
+    names the value); None when the part before the last `=` is anything but a name (`x^2+y^2=1` is an equation to match as a whole) or there is no `=`."""
+    out = []
+    for item in _split_top_level(s):
+        parts = item.split("=")
+        if len(parts) < 2 or not _LABEL_RE.fullmatch(parts[-2].strip()):  # a chain ends in `name = value`
+            return None
+        rhs = parts[-1].strip()
+        if not rhs or re.search(r"[<>]|\\[lg]eq|\\neq", rhs):
+            return None
+        out.append(rhs)
+    return ", ".join(out)
+
+
+def _mixed_to_fraction(m: re.Match) -> str:
+    n = read_number(m.group(0))
+    return m.group(0) if n is None else format_fraction(n.value)
 
 
 _BLOCK_THEN_WORDS_RE = re.compile(r"\$([^$]+)\$[ \t]*([A-Za-z][A-Za-z .]*)")
@@ -133,17 +181,18 @@ def top_level_commas(s: str) -> int:
     return n
 
 
-def _split_top_level(s: str) -> list[str]:
-    """`s` split at its top-level commas (items stripped); `[s]` when there are none."""
+def _split_top_level(s: str, *, digit_commas: bool = True) -> list[str]:
+    """`s` split at its top-level commas (items stripped); `[s]` when there are none.
+    digit_commas=False keeps a comma between two digits inside its item (`y = 1,000`)."""
     if top_level_commas(s) == 0:
         return [s]
     items, depth, cur = [], 0, []
-    for c in s:
+    for k, c in enumerate(s):
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth = max(0, depth - 1)
-        if c == "," and depth == 0:
+        if c == "," and depth == 0 and (digit_commas or not (s[k - 1 : k].isdigit() and s[k + 1 : k + 2].isdigit())):
             items.append("".join(cur).strip())
             cur = []
         else:
@@ -154,7 +203,7 @@ def _split_top_level(s: str) -> list[str]:
 
 def is_list(s: str) -> bool:
     """A comma-separated list answer (`1, 2`, `-2,1`), not a thousands number like `1,234`."""
-    return top_level_commas(s) > 0 and not _THOUSANDS_RE.fullmatch(s.strip())
+    return top_level_commas(s) > 0 and not THOUSANDS_COMMA_RE.fullmatch(s.strip())
 
 
 def _ungroup(m: re.Match) -> str:
@@ -173,10 +222,6 @@ def _apply_magnitude(s: str) -> str:
     return (text + " " + s[m.end():].strip()).strip()
 
 
-def format_fraction(v: Fraction) -> str:
-    return f"\\frac{{{v.numerator}}}{{{v.denominator}}}" if v >= 0 else f"-\\frac{{{-v.numerator}}}{{{v.denominator}}}"
-
-
 def _strip_units(s: str) -> str:
     """Drop a trailing `\\text{unit}` / unit word after a complete value (see module docstring)."""
     for _ in range(3):
@@ -192,6 +237,10 @@ def _strip_units(s: str) -> str:
     m = _WHOLE_TEXT_RE.match(s)
     if m:
         s = _apply_magnitude(m.group(1).strip())  # `\text{5 thousand}` -> 5000
+    m = _NUMBER_THEN_WORDS_RE.match(s)  # `\frac{1}{2} meters`, `2 \times 10^{3} kg`: any number of the grammar
+    if m and read_number(m.group(1)) is not None and not any(
+            w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS for w in m.group(2).split()):
+        return m.group(1)
     m = _UNIT_WORD_RE.match(s)
     if m and not any(w and (w.lower() in MATH_WORDS or w.lower() in QUALIFIER_WORDS) for w in (m.group(2), m.group(3))):
         s = m.group(1)
@@ -205,10 +254,14 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
     list_gold: the gold is a list, so commas between digits separate list items (`1,234` -> `1, 234`).
     decimal_comma: read `0,111` / `1000,99` as decimals (set for a prediction whose gold is one value).
     """
-    s = ans.strip()
+    s = unify_signs(ans).strip()
+    s = _STRAY_BACKSLASH_RE.sub("", s).strip()  # a scraped gold `185\`: the lone final backslash is no macro
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left) : len(s) - len(right)].strip()
+    s = _PLUS_SIGN_RE.sub("", s)  # `+7 meters`: an explicit plus sign is the number itself
+    while s.startswith("{") and _group_end(s) == len(s) - 1:  # `{35 cm,4}`: a bare group is its content
+        s = s[1:-1].strip()
     m = _BLOCK_THEN_WORDS_RE.fullmatch(s)
     if m:  # a gold `$125$ miles`: the block's value with its words as a trailing \text (units stay units)
         s = f"{m.group(1).strip()}\\text{{ {m.group(2).strip()}}}"
@@ -228,10 +281,11 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
         s = s[1:].strip()  # currency: $18
     s = s.rstrip(".").strip()
     if strip_equation:  # `x = 3` -> 3; in a list each item: `x = 5, x = -5` -> `5, -5`
-        items = _split_top_level(s)
+        items = _split_top_level(s, digit_commas=False)
         if any(_EQUATION_LHS_RE.match(it) for it in items):
             items = [it[m.end():].strip() if (m := _EQUATION_LHS_RE.match(it)) else it for it in items]
             s = ", ".join(items)
+    s = _LEADING_MIXED_RE.sub(_mixed_to_fraction, s)  # `2 1/2 cups`, `2\frac{1}{2}` -> `\frac{5}{2} cups`
     s = _PERCENT_WORD_RE.sub("\\%", s)
     s = _PERCENT_SIGN_RE.sub("\\%", s)
     s = _apply_magnitude(s)
@@ -244,9 +298,9 @@ def canonical(ans: str, *, strip_equation: bool = True, list_gold: bool = False,
         s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
     if list_gold:
         s = re.sub(r"(?<=\d),(?=\d)", ", ", s)
-    elif _THOUSANDS_RE.fullmatch(s):
+    elif THOUSANDS_COMMA_RE.fullmatch(s):
         s = s.replace(",", "")
-    elif decimal_comma and _DECIMAL_COMMA_RE.fullmatch(s):
+    elif decimal_comma and DECIMAL_COMMA_RE.fullmatch(s):
         s = s.replace(",", ".")
     m = _CHOICE_RE.fullmatch(s)
     if m:
@@ -288,36 +342,11 @@ def text_key(s: str) -> str:
     return re.sub(r"[\s{}.,;:!?\"'`]+", " ", s).strip().lower()
 
 
-@dataclass(frozen=True)
-class Number:
-    """An exact number: `value`; `decimal` if written with a decimal point or in scientific
-    notation (compared with a relative tolerance); `percent` if written with `\\%`."""
-
-    value: Fraction
-    decimal: bool
-    percent: bool
-
-
 def parse_number(s: str) -> Number | None:
-    """`Number` of an integer, decimal, `a/b`, `\\frac{a}{b}`, `a\\times 10^{k}`, each optionally
-    followed by `\\%`; None for anything else (or a zero denominator, or |k| > 999)."""
-    s = s.strip()
-    percent = s.endswith("\\%")
-    if percent:
-        s = s[:-2].strip()
-    if _DECIMAL_RE.fullmatch(s):
-        return Number(Fraction(s), "." in s, percent)
-    m = _SCI_LATEX_RE.fullmatch(s)
-    if m:
-        return Number(Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True, percent)
-    m = _FRAC_RE.fullmatch(s)
-    if m is None:
-        return None
-    if m.group(2) is not None:
-        num, den, sign = int(m.group(2)), int(m.group(3)), -1 if m.group(1) == "-" else 1
-    else:
-        num, den, sign = int(m.group(4)), int(m.group(5)), 1
-    return None if den == 0 else Number(sign * Fraction(num, den), False, percent)
+    """`Number` of a whole canonical string (`rewards.numbers.read_number`: integers, decimals,
+    `a/b`, `\\frac{a}{b}`, mixed numbers, `a\\times 10^{k}`, `5e-3`, each optionally with `\\%`);
+    None for anything else. Commas were settled by `canonical` (`2,4` here is not a number)."""
+    return read_number(s, decimal_comma=False)
 
 
 def close(a: Fraction, b: Fraction, decimal: bool) -> bool:

@@ -10,7 +10,13 @@ Labelled sets (one JSON object per line: id, category, completion, gold, expecte
                             magnitude words, tolerance, relations, intervals, matrices, percents,
                             thousands/decimal commas, multiple choice, worked-solution golds, hedging;
   labelled_cases_v3.jsonl   issue 11b: the failure classes found by scoring public grader suites
-                            (math-verify's tests), written in our own words, each with traps.
+                            (math-verify's tests), written in our own words, each with traps;
+  labelled_cases_v4.jsonl   issue 17: how numbers are written (mixed numbers, U+2212, scientific
+                            notation, currency, decimal commas) and the issue's classes (multi-box
+                            golds, a gold's right-hand side, "or" alternatives, stray backslash,
+                            `\boxed` whitespace, letters with option text), with traps; the first
+                            rows are counter-examples found by the round-trip property
+                            (tests/rewards/test_reward_numbers.py).
 `expected` is the truth (is the completion's final answer equivalent to the gold?), the same for
 both modes: strict mode is expected to miss the marker-less ones.
 
@@ -28,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 CORPORA = {"v1": HERE / "labelled_cases.jsonl", "v2": HERE / "labelled_cases_v2.jsonl",
-           "v3": HERE / "labelled_cases_v3.jsonl"}
+           "v3": HERE / "labelled_cases_v3.jsonl", "v4": HERE / "labelled_cases_v4.jsonl"}
 CASES_PATH = CORPORA["v1"]
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
 BEGIN, END = "<!-- BEGIN accuracy table (generated) -->", "<!-- END accuracy table (generated) -->"
