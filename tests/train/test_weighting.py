@@ -147,7 +147,7 @@ def test_scale_reference_ema_hand():
         W.ScaleReference(q=0.5, ema=0.0)
 
 
-@pytest.mark.parametrize("name", W.SCALED_WEIGHTINGS)
+@pytest.mark.parametrize("name", W.scaled_weightings())
 def test_auto_scale_makes_weights_invariant_to_the_unit_of_d(name):
     """The point of weighting_scale='auto': D and c·D (another model, another measure) give the same weights."""
     gen = torch.Generator().manual_seed(0)
