@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd  # noqa: F401  (fail early if the table stack is missing)
 
-    from diagnostics.models import generate_completions, load_pair
+    from diagnostics.models import load_pair
+    from diagnostics.probe import generate_completions
     from diagnostics.plots import write_shift_plots
     from diagnostics.report import write_report
     from diagnostics.shift import analyze

@@ -141,6 +141,13 @@ def reward_settings(script_args: GRPOScriptArguments, training_args):
     return RewardSettings.from_args(script_args, training_args)
 
 
+def recipe_reward_settings(recipe: str | Path):
+    """The `RewardSettings` a YAML recipe trains with (parsed exactly as a run of it would be), e.g. to evaluate
+    models a pipeline did not train with GRPO (the base, SFT) as its GRPO runs are scored."""
+    script_args, training_args, _ = parse_args(["--config", str(recipe), "--output_dir", "unused"])
+    return reward_settings(script_args, training_args)
+
+
 def build_reward_funcs(script_args: GRPOScriptArguments, training_args) -> list:
     """TRL's reward functions, from `reward_settings` (validates names, weights, extraction)."""
     return reward_settings(script_args, training_args).reward_funcs_list()
