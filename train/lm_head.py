@@ -36,6 +36,12 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier
 MISMATCH_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4}
 MISMATCH_TOLERANCE_16BIT = 2e-2
 
+FALLBACK_WARNING = (
+    "the hidden-state logits (hidden @ W^T + b) differ from the model's own forward for the {where}: its forward "
+    "transforms or masks logits in a way LOGIT_TRANSFORMS (train/lm_head.py) does not list. Falling back to full "
+    "forwards for the divergence (exact, more memory); add the config attribute to LOGIT_TRANSFORMS to make this "
+    "explicit."
+)
 RowFn = Callable[..., torch.Tensor]  # rows(slice, out=None) -> (c, V) logits (written into `out` if given)
 
 
@@ -160,5 +166,5 @@ def hidden_logits_mismatch(module, input_ids, attention_mask, c: int, *, context
     return f"{type(core).__name__}: {what}"
 
 
-__all__ = ["LOGIT_TRANSFORMS", "completion_logit_rows", "core_model", "hidden_logits_mismatch", "hidden_rows",
+__all__ = ["FALLBACK_WARNING", "LOGIT_TRANSFORMS", "completion_logit_rows", "core_model", "hidden_logits_mismatch", "hidden_rows",
            "logits_mismatch", "tolerance", "uses_hidden_path"]

@@ -36,7 +36,6 @@ from train import check_trl_version
 check_trl_version()  # before importing TRL internals: this module overrides private GRPOTrainer methods
 
 import copy  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
 from contextlib import ExitStack, nullcontext
@@ -52,13 +51,27 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from diagnostics.divergence import get_sampled_estimator, pair_rows
 from diagnostics.divergence_settings import DivergenceSettings
-from diagnostics.shift_stats import DEFAULT_HIGH_DIVERGENCE_THRESHOLD, shift_stats
 from train.base_model import BaseModel, build_base
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
-from train.lm_head import completion_logit_rows, core_model, hidden_logits_mismatch, hidden_rows, uses_hidden_path
-from train.weighting import ScaleReference, compute_weights, is_token_local
+from train.launch import check_launch
+from train.lm_head import (
+    FALLBACK_WARNING,
+    completion_logit_rows,
+    core_model,
+    hidden_logits_mismatch,
+    hidden_rows,
+    uses_hidden_path,
+)
+from train.shift_log import ShiftLog, gather_valid, shift_metrics, token_columns
+from train.weighting import (
+    ScaleReference,
+    call_seed,
+    compute_weights,
+    is_token_local,
+    load_weighting_state,
+    save_weighting_state,
+)
 
-WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
 
 
 class DivergenceWeightedGRPOTrainer(GRPOTrainer):
@@ -92,28 +105,20 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             )
         if args.loss_type in UNSUPPORTED_LOSS_TYPES and args.weighting != "none":  # re-check: fields are mutable
             raise ValueError(f"loss_type={args.loss_type!r} does not support (B, T) advantages; use 'dapo' or 'grpo'.")
-        peft_config = kwargs.get("peft_config")
-        will_be_peft = peft_config is not None or (not isinstance(model, str) and is_peft_model(model))
         # The base defaults to the policy's initial weights. A policy passed as an instance may exist only in
-        # memory, so copy it now, before TRL patches its forward and training changes it.
-        initial_copy = None
-        if (
-            args.divergence_source == "base"
-            and args.base_model_name_or_path is None
-            and args.beta == 0.0
-            and not will_be_peft
-            and not isinstance(model, str)
-        ):
-            initial_copy = copy.deepcopy(model)
+        # memory, so copy it now, before TRL patches its forward and training changes it (train/base_model.py).
+        will_be_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+        copy_now = args.divergence_source == "base" and args.base_model_name_or_path is None and args.beta == 0.0
+        initial_copy = copy.deepcopy(model) if copy_now and not will_be_peft and not isinstance(model, str) else None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        self._check_launch()
+        check_launch(self.accelerator, self.is_fsdp_enabled)
         if isinstance(self.processing_class, ProcessorMixin):
             raise ValueError("DivergenceWeightedGRPOTrainer supports text-only models; got a multimodal processor.")
         self.divergence_settings: DivergenceSettings = args.divergence_settings()  # the one source of D's settings
         self._dw_loss_inputs: dict | None = None  # set only while TRL's _compute_loss runs (loss-time D)
         self._dw_hidden: list[torch.Tensor] = []  # policy hidden states captured from the loss forward
         self._dw_hook = None
-        self._dw_pending: dict[str, list] = {"train": [], "eval": []}  # shift/ columns awaiting logging
+        self._dw_shift_log = ShiftLog()  # shift/ columns awaiting logging
         # weighting state: everything that changes the math is either derived from checkpointed state
         # (global_step) or saved in the checkpoint (D_ref; `_save_checkpoint` / `train`)
         self._dw_call_key: tuple = ()  # (mode, global_step) of the last weighting call
@@ -127,28 +132,6 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             else None
         del initial_copy
         self._dw_at_loss = self._reuse_loss_forward()
-
-    def _check_launch(self) -> None:
-        """Refuse a launch whose distributed setup silently differs from the one asked for.
-
-        accelerate enables FSDP only on accelerator devices (GPU/XPU/...): `accelerate launch` with an FSDP config
-        on CPU gives plain DDP with `use_cpu` (every rank a full model copy) and, without it, independent
-        single-process runs (no process group at all).
-        """
-        state = self.accelerator.state
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
-            raise ValueError(
-                f"the accelerate config asks for FSDP but accelerate set up {state.distributed_type} (device "
-                f"{self.accelerator.device}): this accelerate enables FSDP on GPUs only. On CPU use "
-                "accelerate_configs/cpu_ddp.yaml or cpu_zero3.yaml (sharded parameters)."
-            )
-        if world > 1 and state.num_processes == 1:
-            raise ValueError(
-                f"launched as {world} processes (WORLD_SIZE) but accelerate set up {state.distributed_type} with one "
-                "process each: the ranks would train independently. On CPU pass --use_cpu true with a "
-                "MULTI_GPU/DeepSpeed config (accelerate_configs/cpu_*.yaml)."
-            )
 
     @property
     def divergence_timing(self) -> str:
@@ -165,17 +148,10 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         """
         a = self.args
         aligned = a.num_iterations == 1 and a.gradient_accumulation_steps % a.steps_per_generation == 0
-        per_micro_batch = (
-            is_token_local(a.weighting) and a.weighting_renormalize in ("none", "sequence")
-        ) or a.steps_per_generation == 1
-        return (
-            a.divergence_reuse_loss_forward
-            and a.divergence_source == "base"
-            and aligned
-            and per_micro_batch
-            and not getattr(a, "padding_free", False)
-            and self._use_hidden_path(self.model)
-        )
+        per_micro_batch = (is_token_local(a.weighting) and a.weighting_renormalize in ("none", "sequence")) \
+            or a.steps_per_generation == 1
+        return (a.divergence_reuse_loss_forward and a.divergence_source == "base" and aligned and per_micro_batch
+                and not getattr(a, "padding_free", False) and self._use_hidden_path(self.model))
 
     # ----------------------------------------------------------------------------------------------
     # D for one batch (source 'base'): base vs policy, micro-batch by micro-batch, chunk by chunk
@@ -249,33 +225,17 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         bad = self.accelerator.reduce(torch.tensor(float(bool(problems)), device=input_ids.device), reduction="sum")
         if bad.item() > 0:
             self._dw_hidden_fallback = True
-            warnings.warn(
-                "the hidden-state logits (hidden @ W^T + b) differ from the model's own forward for the "
-                f"{', '.join(problems) or 'model on another process'}: its forward transforms or masks logits in a "
-                "way LOGIT_TRANSFORMS (train/lm_head.py) does not list. Falling back to full forwards for the "
-                "divergence (exact, more memory); add the config attribute to LOGIT_TRANSFORMS to make this explicit.",
-                stacklevel=2,
-            )
+            warnings.warn(FALLBACK_WARNING.format(where=", ".join(problems) or "model on another process"), stacklevel=2)
 
     # ----------------------------------------------------------------------------------------------
-    # Checkpointed weighting state
+    # Checkpointed weighting state (train.weighting) and the run's divergence settings
     # ----------------------------------------------------------------------------------------------
-
-    def weighting_state_dict(self) -> dict:
-        """The weighting state that is not a function of the config and `global_step`: D_ref (auto scale)."""
-        return {"format": 1, "scale_reference": self._dw_scale_ref.state_dict()}
-
-    def load_weighting_state_dict(self, state: dict) -> None:
-        self._dw_scale_ref.load_state_dict(state.get("scale_reference", {}))
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:  # identical on every rank: rank 0 writes it
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            folder = os.path.join(self._get_output_dir(trial=trial), name)
-            if os.path.isdir(folder):
-                with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
-                    json.dump(self.weighting_state_dict(), f, indent=2)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):  # identical on every rank: rank 0 writes it
+            save_weighting_state(folder, self._dw_scale_ref)
 
     def train(self, resume_from_checkpoint=None, *pargs, **kwargs):
         """`Trainer.train`, restoring the weighting state (D_ref) saved in the checkpoint it resumes from, after
@@ -286,17 +246,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         if isinstance(path, bool):
             path = get_last_checkpoint(self.args.output_dir) if path else None
         if path is not None:
-            state_file = os.path.join(path, WEIGHTING_STATE_NAME)
-            if os.path.isfile(state_file):
-                with open(state_file) as f:
-                    self.load_weighting_state_dict(json.load(f))
-            elif self.args.auto_scale:
-                warnings.warn(
-                    f"{path} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref of "
-                    "weighting_scale='auto' restarts from the next batch, so this run differs from an uninterrupted "
-                    "one.",
-                    stacklevel=2,
-                )
+            load_weighting_state(path, self._dw_scale_ref, warn_if_missing=self.args.auto_scale)
         return super().train(resume_from_checkpoint, *pargs, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
@@ -338,8 +288,8 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         key = (mode, self.state.global_step)
         self._dw_call_index = self._dw_call_index + 1 if key == self._dw_call_key else 0
         self._dw_call_key = key
-        seed = (self.args.weighting_seed * 1_000_003 + self.state.global_step * 7_919 + self._dw_call_index * 31
-                + (0 if mode == "train" else 104_729) + self.accelerator.process_index * 15_485_863) % (2**63 - 1)
+        seed = call_seed(self.args.weighting_seed, self.state.global_step, self._dw_call_index, mode,
+                         self.accelerator.process_index)
         scale = self._dw_scale_ref.scale() if self.args.auto_scale else None
         weights, n_bad = compute_weights(
             self.args.weighting, div, mask, self.args.weighting_params(seed, scale), self.args.weighting_renormalize,
@@ -428,45 +378,20 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         self._log_shift(mode, div, mask, None, ent, weights, n_bad)
 
     # ----------------------------------------------------------------------------------------------
-    # Metrics (identical on every rank: computed from all ranks' tokens)
+    # Metrics (identical on every rank: computed from all ranks' tokens; train/shift_log.py)
     # ----------------------------------------------------------------------------------------------
-
-    def _gather_valid(self, columns: torch.Tensor) -> torch.Tensor:
-        """`(N_local, k)` -> `(N_global, k)`: every rank's rows, padding rows dropped."""
-        padded = self.accelerator.pad_across_processes(columns, dim=0, pad_index=float("nan"))
-        gathered = self.accelerator.gather(padded)  # (world · N_max, k)
-        return gathered[~torch.isnan(gathered[:, 0])]
 
     @torch.no_grad()
     def _log_shift(self, mode, div, mask, ent_base, ent_policy, weights, n_bad) -> None:
-        """Queue this batch's per-token columns; log shift/ metrics once per generation batch.
-
-        With D computed at loss time, one generation batch arrives as `steps_per_generation` micro-batches:
-        their columns are pooled so that the metrics describe the same token set as when D is computed once
-        after generation (quantiles of the whole batch, not means of per-micro-batch quantiles).
-        """
-        valid = mask.bool()
-        nan = torch.full_like(div, float("nan"))
-        cols = torch.stack(
-            [
-                torch.nan_to_num(div.float(), nan=0.0)[valid],
-                (ent_base if ent_base is not None else nan)[valid].float(),
-                (ent_policy if ent_policy is not None else nan)[valid].float(),
-                weights[valid].float(),
-            ],
-            dim=-1,
-        )  # (N_local, 4)
-        pending = self._dw_pending[mode]
-        pending.append((cols, n_bad))
+        """Queue this batch's per-token columns; log shift/ metrics once per generation batch (pooled)."""
+        self._dw_shift_log.add(mode, token_columns(div, mask, ent_base, ent_policy, weights), n_bad)
         # at loss time in training, self._step is this micro-batch's index (TRL increments it after the step)
         if self._dw_at_loss and mode == "train" and (self._step + 1) % self.args.steps_per_generation != 0:
             return
-        local = torch.cat([c for c, _ in pending], dim=0)
-        n_bad = float(sum(b for _, b in pending))
-        pending.clear()
+        local, n_bad = self._dw_shift_log.pop(mode)
         bad = self.accelerator.reduce(torch.tensor(n_bad, device=div.device), reduction="sum")
         self._metrics[mode]["shift/weight_nonfinite_fallbacks"].append(bad.item())
-        allrows = self._gather_valid(local).double()  # (N, 4), every rank's tokens: identical on every rank
+        allrows = gather_valid(self.accelerator, local).double()  # (N, 4), every rank's tokens
         if self.args.auto_scale:
             # the D_ref these weights used (NaN while undefined), then fold this generation batch into it
             used = self._dw_scale_ref.value
@@ -476,17 +401,6 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         settings = self.divergence_settings
         for key, value in shift_metrics(allrows, settings.high_divergence_threshold, settings.measure).items():
             self._metrics[mode][f"shift/{key}"].append(value)
-
-
-def shift_metrics(rows: torch.Tensor, high_divergence_threshold: float = DEFAULT_HIGH_DIVERGENCE_THRESHOLD,
-                  measure: str = "js") -> dict[str, float]:
-    """The `shift/*` metrics of one batch: `diagnostics.shift_stats.shift_stats` of its token columns.
-
-    `rows`: `(N, 4)` = [D, H_base, H_policy, weight] of the counted tokens; `measure` (the D measure's
-    name) prefixes the divergence keys (`js_mean`, `frac_js_gt_0.1`, ...; docs/vocabulary.md). NaN when undefined.
-    """
-    return shift_stats(rows[:, 0], measure=measure, entropy_base=rows[:, 1], entropy_policy=rows[:, 2],
-                       weights=rows[:, 3], high_divergence_threshold=high_divergence_threshold)
 
 
 __all__ = ["DivergenceWeightedGRPOTrainer", "shift_metrics"]

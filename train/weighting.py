@@ -44,6 +44,10 @@ __all__ = [
     "WEIGHTING_REGISTRY",
     "RENORMALIZE_MODES",
     "SCALE_FLOOR",
+    "WEIGHTING_STATE_NAME",
+    "call_seed",
+    "load_weighting_state",
+    "save_weighting_state",
     "Weighting",
     "is_scaled",
     "is_token_local",
@@ -346,6 +350,46 @@ class ScaleReference:
     def load_state_dict(self, state: dict) -> None:
         self.value = None if state.get("value") is None else float(state["value"])
         self.num_updates = int(state.get("num_updates", 0))
+
+
+WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
+
+
+def call_seed(weighting_seed: int, global_step: int, call_index: int, mode: str, process_index: int) -> int:
+    """The seed of one weighting call (random_quantile): a function of checkpointed or fixed state only (the
+    config's seed, the global step, the call's index within that step, train/eval, the process), so a resumed
+    run draws the same tokens as an uninterrupted one."""
+    return (weighting_seed * 1_000_003 + global_step * 7_919 + call_index * 31 + (0 if mode == "train" else 104_729)
+            + process_index * 15_485_863) % (2**63 - 1)
+
+
+def save_weighting_state(folder, scale_reference: ScaleReference) -> None:
+    """Write the weighting state that is not a function of the config and the global step (D_ref) into a
+    `checkpoint-*` folder, so a resumed run weights exactly as an uninterrupted one."""
+    import json
+    import os
+
+    with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
+        json.dump({"format": 1, "scale_reference": scale_reference.state_dict()}, f, indent=2)
+
+
+def load_weighting_state(checkpoint, scale_reference: ScaleReference, *, warn_if_missing: bool) -> bool:
+    """Restore D_ref from `checkpoint`'s weighting state; returns False (warning if `warn_if_missing`: the run
+    then differs from an uninterrupted one) when the checkpoint has none (an older version's)."""
+    import json
+    import os
+    import warnings
+
+    path = os.path.join(checkpoint, WEIGHTING_STATE_NAME)
+    if not os.path.isfile(path):
+        if warn_if_missing:
+            warnings.warn(f"{checkpoint} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref "
+                          "of weighting_scale='auto' restarts from the next batch, so this run differs from an "
+                          "uninterrupted one.", stacklevel=3)
+        return False
+    with open(path) as f:
+        scale_reference.load_state_dict(json.load(f).get("scale_reference", {}))
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

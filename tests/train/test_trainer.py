@@ -15,6 +15,7 @@ from diagnostics.callbacks import ShiftDiagnosticsCallback
 from diagnostics.probe import build_probe_set
 from diagnostics.shift_stats import stat_names
 from train.config import DivergenceGRPOConfig
+from train.launch import check_launch
 from train.tiny_world import random_tiny_model
 from train.trainer import DivergenceWeightedGRPOTrainer, shift_metrics
 
@@ -487,15 +488,10 @@ def test_launch_that_silently_differs_is_refused(env, state, match, monkeypatch)
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    fake = SimpleNamespace(
-        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]),
-                                    device="cpu"),
-        is_fsdp_enabled=False,
-    )
+    fake = SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]), device="cpu")
     with pytest.raises(ValueError, match=match):
-        DivergenceWeightedGRPOTrainer._check_launch(fake)
+        check_launch(fake, False)
     monkeypatch.delenv(next(iter(env)))
-    DivergenceWeightedGRPOTrainer._check_launch(SimpleNamespace(  # a proper 2-process DDP run passes
-        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU",
-                                                          num_processes=2), device="cpu"),
-        is_fsdp_enabled=False))
+    ddp = SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU", num_processes=2),
+                          device="cpu")
+    check_launch(ddp, False)  # a proper 2-process DDP run passes
