@@ -147,6 +147,7 @@ def run_evolution(args) -> EvolutionResult:
     from diagnostics.shift import analyze
     from diagnostics.summary import scalar_metrics, summarize
 
+    resolve_analysis_settings(args, args.policy)  # flags > the run's divergence_settings.json > defaults
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = find_checkpoints(args.policy)
