@@ -150,6 +150,7 @@ def make_trainer(args, name: str, model_dir: str):
     from transformers import AutoTokenizer
 
     from train.config import DivergenceGRPOConfig
+    from train.lm_head import core_model
     from train.trainer import DivergenceWeightedGRPOTrainer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -233,7 +234,7 @@ def worker(args) -> dict:
         hidden = None
         if args._worker == "pass_dw":  # what the trainer runs at loss time: the policy's hidden states are given
             with torch.no_grad():
-                hidden = trainer._core(trainer.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = core_model(trainer.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
         def run_pass():
             with torch.no_grad():
