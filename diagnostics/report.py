@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diagnostics.summary import high_divergence_threshold_of
+
 LN2 = math.log(2.0)
 JS_COLOR_LO = 1e-4  # JS at or below this is drawn white
 
@@ -155,7 +157,7 @@ def render_report(
     if token_text is None:
         known = dict(zip(table["token_id"].astype(int), table["token"].astype(str))) if len(table) else {}
         token_text = lambda i: known.get(int(i), f"#{int(i)}")  # noqa: E731
-    high_divergence_threshold = float(summary.get("high_divergence_threshold", 0.1))
+    high_divergence_threshold = high_divergence_threshold_of(summary)
     sp, re = summary["sparsity"], summary["reallocation"]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]

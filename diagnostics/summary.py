@@ -200,6 +200,11 @@ def summarize(
     return out
 
 
+def high_divergence_threshold_of(summary: dict) -> float:
+    """The summary's high-divergence threshold (summaries written before issue 18 call it `high_js`)."""
+    return float(summary.get("high_divergence_threshold", summary.get("high_js", DEFAULT_HIGH_DIVERGENCE_THRESHOLD)))
+
+
 def scalar_metrics(summary: dict) -> dict[str, float]:
     """Flatten a summary into `name -> float` for loggers (NaN where undefined, so keys are stable).
 
