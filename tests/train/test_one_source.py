@@ -215,8 +215,9 @@ def masked_vocab_model(tokenizer, seed):
 
 @pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
 def test_masked_vocabulary_divergence_is_js_of_masked_distributions(reuse, tiny_tokenizer, prompts, tmp_path):
-    """On main the logit check compared inf/inf = NaN, never failed, and D (hidden-state logits, padded rows
-    unmasked) averaged ~0.3 against a true JS of ~1e-2. Now: a warning, full forwards, D == float64 JS."""
+    """On main the logit check compared inf/inf = NaN, never failed (no warning), and D (hidden-state logits, padded
+    rows unmasked) averaged 0.530 against a true JS of 0.0134 (this model, seed 0, after-generation path). Now: a
+    warning, full forwards, D == float64 JS on both paths."""
     policy = masked_vocab_model(tiny_tokenizer, seed=0)
     tr = dw_trainer(policy, tiny_tokenizer, prompts, tmp_path, divergence_reuse_loss_forward=reuse, temperature=0.7,
                     weighting_scale=1.0)
@@ -265,8 +266,9 @@ def bf16_model(tokenizer, tied: bool):
 
 @pytest.mark.parametrize("how", ["tied-object", "tied-path", "untied-object", "untied-path"])
 def test_fp32_head_base_is_initial_policy_exactly(how, tiny_tokenizer, prompts, tmp_path):
-    """beta 0, cast_lm_head_to_fp32=True, a bf16 policy: step-0 D is exactly 0 (main: ~2e-8 untied; the tied base
-    was built entirely in float32), and the base holds each weight in the policy's dtype (same bytes)."""
+    """beta 0, cast_lm_head_to_fp32=True, a bf16 policy: step-0 D is exactly 0 and the base holds each weight in the
+    policy's dtype (same bytes). On main (object): step-0 D max 2.1e-8 tied / 2.7e-8 untied; the tied base was
+    float32 throughout (41,984 bytes vs the policy's 25,440), the untied one had a bf16 head (25,440 vs 29,888)."""
     tied = how.startswith("tied")
     model = bf16_model(tiny_tokenizer, tied)
     if how.endswith("path"):
@@ -288,8 +290,9 @@ def test_fp32_head_base_is_initial_policy_exactly(how, tiny_tokenizer, prompts, 
 
 
 def test_fp32_head_auto_scale_no_saturated_weights_at_step_2(tiny_tokenizer, prompts, tmp_path):
-    """weighting_scale='auto': main seeded D_ref from step 1's ~2e-8 rounding noise, so every step-2 weight saturated
-    at 1 + s/2 = 1.5. Now step 1's D is exactly 0, D_ref stays undefined, and step 2 weights nothing to saturation."""
+    """weighting_scale='auto': on main step 1's D was 7.5e-9 of rounding noise (shift/js_mean; this test failed there),
+    which seeded D_ref, so step-2 weights saturated towards 1 + s/2 = 1.5. Now step 1's D is exactly 0, D_ref stays
+    undefined (and the floor keeps noise out of it), and no step-2 weight saturates."""
     tr = dw_trainer(bf16_model(tiny_tokenizer, tied=False), tiny_tokenizer, prompts, tmp_path,
                     cast_lm_head_to_fp32=True)
     tr.train()
