@@ -150,7 +150,6 @@ def make_trainer(args, name: str, model_dir: str):
     from transformers import AutoTokenizer
 
     from train.config import DivergenceGRPOConfig
-    from train.lm_head import core_model
     from train.trainer import DivergenceWeightedGRPOTrainer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -197,6 +196,8 @@ def _time_calls(obj, method: str, sink: list[float]) -> None:
 def worker(args) -> dict:
     """Run one configuration in this (fresh) process and return its measurements."""
     import torch
+
+    from train.lm_head import core_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
