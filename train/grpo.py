@@ -163,8 +163,9 @@ def load_split(script_args: GRPOScriptArguments, split: str, num_samples: int | 
     )
 
 
-def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, callbacks=None):
-    """Data, rewards, model kwargs, PEFT -> `DivergenceWeightedGRPOTrainer` (validates everything)."""
+def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, callbacks=None, rewards=None):
+    """Data, rewards (`rewards`: the run's `RewardSettings`, default `reward_settings(...)`), model kwargs, PEFT ->
+    `DivergenceWeightedGRPOTrainer` (validates everything)."""
     from trl import get_peft_config, get_quantization_config
 
     from train.trainer import DivergenceWeightedGRPOTrainer
@@ -186,7 +187,8 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
     training_args.model_init_kwargs = model_init_kwargs
 
     train_dataset = load_split(script_args, script_args.dataset_train_split, script_args.num_train_samples)
-    reward_funcs = build_reward_funcs(script_args, training_args)
+    rewards = rewards if rewards is not None else reward_settings(script_args, training_args)
+    reward_funcs = rewards.reward_funcs_list()
     return DivergenceWeightedGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -229,9 +231,9 @@ def attach_shift_probe(trainer, script_args: GRPOScriptArguments, training_args,
     return callback.attach(trainer, base_from_trainer=from_trainer)
 
 
-def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
+def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args, rewards=None) -> dict | None:
     """mean@K / pass@K of the trained model on the held-out split, scored with the training reward settings
-    (`reward_settings`: extraction, verifier timeout, gold format); main process only.
+    (`rewards`, default `reward_settings(...)`: the extraction and verifier timeout); main process only.
 
     Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`, loaded by rank 0
     alone in the training dtype on its device, and generation runs, inside `train.standalone.standalone()`
@@ -265,7 +267,7 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
                 temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
                 max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
                 batch_size=script_args.eval_batch_size, seed=training_args.seed,
-                **reward_settings(script_args, training_args).evaluation_kwargs(),
+                **(rewards if rewards is not None else reward_settings(script_args, training_args)).evaluation_kwargs(),
             )
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
         path = Path(training_args.output_dir) / "final_eval.json"
@@ -280,9 +282,10 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
 
 def run(script_args: GRPOScriptArguments, training_args, model_args, *, callbacks=None) -> dict:
     """Train, save, evaluate. Returns {'train': train metrics, 'eval': final evaluation or None}."""
-    trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    rewards = reward_settings(script_args, training_args)  # built once: TRL's reward functions and the evaluation
+    trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks, rewards=rewards)
     if trainer.args.should_save:
-        reward_settings(script_args, training_args).save(training_args.output_dir)  # next to final_eval.json
+        rewards.save(training_args.output_dir)  # next to final_eval.json
     attach_shift_probe(trainer, script_args, training_args, model_args)
     trainer.accelerator.print(
         f"divergence: source {training_args.divergence_source!r}, measure {training_args.divergence_measure!r}, "
@@ -293,7 +296,8 @@ def run(script_args: GRPOScriptArguments, training_args, model_args, *, callback
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the full log_history (shift/ metrics included)
     trainer.accelerator.print(f"model and tokenizer saved to {training_args.output_dir}")
-    eval_result = final_evaluation(trainer, script_args, training_args) if script_args.eval_num_samples > 0 else None
+    eval_result = final_evaluation(trainer, script_args, training_args, rewards) if script_args.eval_num_samples > 0 \
+        else None
     trainer.end()  # finish trackers, destroy the process group: nothing collective may follow
     return {"train": train_result.metrics, "eval": eval_result}
 
