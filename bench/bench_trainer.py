@@ -197,6 +197,8 @@ def worker(args) -> dict:
     """Run one configuration in this (fresh) process and return its measurements."""
     import torch
 
+    from train.lm_head import core_model
+
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
@@ -233,7 +235,7 @@ def worker(args) -> dict:
         hidden = None
         if args._worker == "pass_dw":  # what the trainer runs at loss time: the policy's hidden states are given
             with torch.no_grad():
-                hidden = trainer._core(trainer.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = core_model(trainer.model).base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
         def run_pass():
             with torch.no_grad():

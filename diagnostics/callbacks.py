@@ -33,7 +33,7 @@ Trainer itself does (the reporting integrations act on the main process only).
 The base model is
 - a path or hub id (loaded once at train begin, in the policy's dtype, on its device), or
 - an `nn.Module` you already hold, e.g. the trainer's frozen reference model (`attach(trainer,
-  base_from_trainer=True)` takes `trainer.base_model` or `trainer.ref_model`): for large models this
+  base_from_trainer=True)` takes `trainer.base` (its `analysis_module()`) or `trainer.ref_model`): for large models this
   avoids a second full copy, and under ZeRO-3 a prepared reference model is partitioned too; or
 - `None`: the policy's weights at the first train begin are snapshotted (gathered under ZeRO-3,
   so one full copy per rank) and saved to `output_dir/shift_probe_base/`, which a resumed run loads
@@ -59,7 +59,7 @@ from transformers import TrainerCallback
 from diagnostics.jsonl import append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic
 from diagnostics.models import check_same_vocabulary, load_model
 from diagnostics.probe import ProbeSet, load_probe
-from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
+from diagnostics.divergence_settings import DivergenceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +146,10 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         tokenizer: decodes tokens for tables; default: the trainer's `processing_class`.
         every_n_steps: evaluate when `global_step % every_n_steps == 0`; 0 = only at saves.
         evaluate_on_save: also evaluate at every checkpoint save (and write the checkpoint summary).
-        chunk_size, top_p, temperature, batch_size: passed to `diagnostics.shift.analyze`
-            (paper: top_p 0.7; default None = full-vocabulary JS).
-        high_js: the "high divergence" threshold of `summarize` (paper: 0.1).
+        divergence: the run's `DivergenceSettings` (temperature, top-p, chunk size, high-divergence threshold,
+            measure), so `shift_probe/*` is the same computation as the trainer's `shift/*`. Default: the
+            trainer's `divergence_settings` at `attach`, else `DivergenceSettings()` (T = 1, full vocabulary).
+        batch_size: sequences per forward of `diagnostics.shift.analyze`.
         top_tokens: rows of the wandb table of most divergent tokens.
         prefix: metric-name prefix.
         progress: tqdm bar inside each evaluation (rank 0).
@@ -162,11 +163,8 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         tokenizer=None,
         every_n_steps: int = 50,
         evaluate_on_save: bool = True,
-        chunk_size: int | None = 512,
-        top_p: float | None = None,
-        temperature: float = 1.0,
+        divergence: DivergenceSettings | None = None,
         batch_size: int = 8,
-        high_js: float = DEFAULT_HIGH_THRESHOLD,
         top_tokens: int = 20,
         prefix: str = "shift_probe/",
         progress: bool = False,
@@ -187,8 +185,8 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         self.tokenizer = tokenizer
         self.every_n_steps = every_n_steps
         self.evaluate_on_save = evaluate_on_save
-        self.analyze_kwargs = dict(chunk_size=chunk_size, top_p=top_p, temperature=temperature, batch_size=batch_size)
-        self.high_js = high_js
+        self.divergence = divergence
+        self.batch_size = batch_size
         self.top_tokens = top_tokens
         self.prefix = prefix
         self.progress = progress
@@ -202,13 +200,17 @@ class ShiftDiagnosticsCallback(TrainerCallback):
     def attach(self, trainer, *, base_from_trainer: bool = False) -> ShiftDiagnosticsCallback:
         """Register with `trainer` and log through `trainer.log` (every backend + log_history).
 
-        `base_from_trainer=True` uses the trainer's frozen model as the base: `trainer.base_model`
-        if it has one, else `trainer.ref_model` (TRL loads it only when `beta > 0`).
+        `base_from_trainer=True` uses the trainer's base: `trainer.base.analysis_module()` (the divergence-weighted
+        trainer's public answer to "what is the base", PEFT adapter context included), else `trainer.ref_model`
+        (TRL loads it only when `beta > 0`). Without `divergence=`, the trainer's `divergence_settings` are used.
         """
+        if self.divergence is None:
+            self.divergence = getattr(trainer, "divergence_settings", None)
         if base_from_trainer:
-            base = getattr(trainer, "base_model", None) or getattr(trainer, "ref_model", None)
+            trainer_base = getattr(trainer, "base", None)
+            base = trainer_base.analysis_module() if trainer_base is not None else getattr(trainer, "ref_model", None)
             if base is None:
-                raise ValueError("base_from_trainer=True but the trainer has neither `base_model` nor `ref_model` "
+                raise ValueError("base_from_trainer=True but the trainer has neither a `base` nor a `ref_model` "
                                  "(TRL's GRPOTrainer loads ref_model only with beta > 0). Fix: pass base_model=PATH")
             self.base_model = base
             self._base_arg = base
@@ -282,6 +284,24 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         return control
 
     # ---- work -----------------------------------------------------------------------------------
+    @property
+    def settings(self) -> DivergenceSettings:
+        """The divergence settings in force (`divergence=`, the trainer's, or the defaults)."""
+        return self.divergence if self.divergence is not None else DivergenceSettings()
+
+    @property
+    def analyze_kwargs(self) -> dict:
+        """The keyword arguments of `diagnostics.shift.analyze` this callback uses (from `settings`)."""
+        s = self.settings
+        return dict(chunk_size=s.chunk_size, top_p=s.top_p, temperature=s.temperature, batch_size=self.batch_size)
+
+    def analyze(self, model, progress: bool = False):
+        """The per-token table (`diagnostics.shift.analyze`) of base vs `model` on the probe set."""
+        from diagnostics.shift import analyze
+
+        return analyze(self.base_model, model, self.tokenizer, self.probe.records(), progress=progress,
+                       **self.analyze_kwargs)
+
     def _evaluate(self, args, state, model) -> dict:
         """Analyse the probe set at this step on every rank (once per step); rank 0 writes and logs."""
         step = state.global_step
@@ -289,15 +309,18 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             return self._results[step]
         if model is None:
             raise ValueError("ShiftDiagnosticsCallback got no model in the callback event; it needs a Trainer")
-        from diagnostics.shift import analyze
+        from diagnostics.shift_stats import shift_stats
         from diagnostics.summary import scalar_metrics, summarize
 
         t0 = time.perf_counter()
         show = self.progress and state.is_world_process_zero
-        table = analyze(self.base_model, model, self.tokenizer, self.probe.records(), progress=show,
-                        **self.analyze_kwargs)
-        summary = summarize(table, high_js=self.high_js)
+        table = self.analyze(model, progress=show)
+        settings = self.settings
+        summary = summarize(table, high_divergence_threshold=settings.high_divergence_threshold)
         metrics = scalar_metrics(summary)
+        if settings.measure != "js" and settings.measure in table.columns:  # the trainer's measure too
+            extra = shift_stats(table[settings.measure].to_numpy(), measure=settings.measure)
+            metrics.update({k: v for k, v in extra.items() if settings.measure in k})  # its D keys only
         seconds = time.perf_counter() - t0
         result = {"metrics": metrics, "summary": summary}
         self._results = {step: result}  # keep only the latest step (the on_save reuse case)

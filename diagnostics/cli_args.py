@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from diagnostics.divergence_settings import DEFAULT_CHUNK_SIZE
+from diagnostics.shift_stats import DEFAULT_HIGH_DIVERGENCE_THRESHOLD
+
 
 class DeprecatedAlias(argparse.Action):
     """An old flag: stores into the new flag's dest and warns (`FutureWarning`) naming the new flag."""
@@ -74,13 +77,52 @@ def add_sampling_arguments(parser, *, temperature: float = 1.0, top_p: float = 1
         add_alias(parser, old_p, "--sample-top-p", "sample_top_p", type=float)
 
 
-def add_analysis_arguments(parser, *, temperature: float = 1.0, top_p: float | None = None) -> None:
-    """`--temperature`, `--top-p`: the analysed distributions, softmax(logits / T), optionally top-p truncated."""
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help="analysis: both models' distributions are softmax(logits / T) (default 1.0)")
-    parser.add_argument("--top-p", type=float, default=top_p,
-                        help="analysis: compare top-p truncated, renormalised distributions (paper: 0.7); "
-                             "default: the full vocabulary")
+def add_analysis_arguments(parser) -> None:
+    """`--temperature`, `--top-p`, `--chunk-size`, `--high-divergence-threshold`: how the divergence is measured.
+
+    Each defaults to None, resolved by `resolve_analysis_settings`: the flag if given, else the training run's
+    `divergence_settings.json` (when `--policy` is a run folder or one of its checkpoints), else the defaults
+    of `diagnostics.divergence_settings.DivergenceSettings`. `--high-js` is a deprecated alias.
+    """
+    run = "; default: the training run's setting (POLICY/divergence_settings.json), else"
+    parser.add_argument("--temperature", type=float, default=None,
+                        help=f"analysis: both models' distributions are softmax(logits / T){run} 1.0")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help=f"analysis: compare top-p truncated, renormalised distributions (paper: 0.7){run} "
+                             "the full vocabulary")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help=f"positions per chunk of the divergence math (bounds (chunk, V) float32 temporaries)"
+                             f"{run} {DEFAULT_CHUNK_SIZE}")
+    parser.add_argument("--high-divergence-threshold", type=float, default=None,
+                        help=f"'high divergence' cut-off (paper: JS > 0.1){run} {DEFAULT_HIGH_DIVERGENCE_THRESHOLD:g}")
+    add_alias(parser, "--high-js", "--high-divergence-threshold", "high_divergence_threshold", type=float)
+
+
+def resolve_analysis_settings(args, run=None):
+    """Fill `args.temperature`, `top_p`, `chunk_size`, `high_divergence_threshold` (flags > the run's saved
+    `DivergenceSettings` > defaults) and return the resolved `DivergenceSettings` (measure: the run's, else js).
+
+    Raises ValueError (naming the flag) for a value outside its range.
+    """
+    import logging
+
+    from diagnostics.divergence_settings import DivergenceSettings
+
+    saved = DivergenceSettings.from_run(run) if run is not None else None
+    if saved is not None:
+        logging.getLogger(__name__).info("analysis settings default to the training run's (%s)", saved.to_dict())
+    base = saved if saved is not None else DivergenceSettings()
+    if base.sampled:  # the run weighted with a sampled-token estimator: the analysis compares full distributions
+        base = base.replace(measure="js")
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "chunk_size", "high_divergence_threshold")
+             if getattr(args, k, None) is not None}
+    try:
+        settings = base.replace(**given)
+    except ValueError as err:
+        raise ValueError(f"{err} (--temperature / --top-p / --chunk-size / --high-divergence-threshold)") from None
+    for key in ("temperature", "top_p", "chunk_size", "high_divergence_threshold"):
+        setattr(args, key, getattr(settings, key))
+    return settings
 
 
 def add_runtime_arguments(parser, *, seed_help: str = "seed (default 0)", dtype_default: str = "float32",

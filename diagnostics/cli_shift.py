@@ -25,8 +25,8 @@ from diagnostics.cli_args import (
     add_runtime_arguments,
     add_sampling_arguments,
     check_required,
+    resolve_analysis_settings,
 )
-from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
 from rewards.data import add_dataset_arguments
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="sampling length budget (default: 128)")
     add_sampling_arguments(p)
     add_analysis_arguments(p)
-    p.add_argument("--high-js", type=float, default=DEFAULT_HIGH_THRESHOLD, help="high-divergence cut-off (paper: 0.1)")
-    p.add_argument("--chunk-size", type=int, default=512,
-                   help="positions per chunk of the divergence math (bounds (chunk, V) float32 temporaries)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward / generate batch")
     add_runtime_arguments(p, seed_help="sampling seed (default: 0)")
     p.add_argument("--max-report-sequences", type=int, default=20, help="sequences shown in report.html")
@@ -107,13 +104,16 @@ def main(argv: list[str] | None = None) -> int:
                           ("--max-new-tokens", args.max_new_tokens, 1)):
         if val < lo:
             parser.error(f"{flag} must be >= {lo}, got {val}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    try:  # flags > the run folder's divergence_settings.json > defaults
+        resolve_analysis_settings(args, args.policy)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import pandas as pd  # noqa: F401  (fail early if the table stack is missing)
 
-    from diagnostics.models import generate_completions, load_pair
+    from diagnostics.models import load_pair
+    from diagnostics.probe import generate_completions
     from diagnostics.plots import write_shift_plots
     from diagnostics.report import write_report
     from diagnostics.shift import analyze
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(table) == 0:
         raise ValueError("no completion tokens to analyse (every completion is empty). Fix: check the data or raise "
                          "--max-new-tokens")
-    summary = summarize(table, high_js=args.high_js)
+    summary = summarize(table, high_divergence_threshold=args.high_divergence_threshold)
     summary["settings"] = {"base": args.base, "policy": args.policy, "data": args.data, "dataset": args.dataset,
                            "split": args.split if args.dataset else None, "generate_with": args.generate_with,
                            "num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                  token_text=lambda i: tok.decode([int(i)]), meta=meta, max_sequences=args.max_report_sequences)
 
     sp = summary["sparsity"]
-    frac_high = float((table["js"] > args.high_js).mean())
+    frac_high = float((table["js"] > args.high_divergence_threshold).mean())
     gini = "n/a" if sp["gini"] is None else f"{sp['gini']:.3f}"
     print(f"{summary['n_tokens']} tokens in {summary['n_sequences']} sequences: mean JS {sp['js_mean']:.4g}, "
-          f"JS > {args.high_js:g} at {100 * frac_high:.2f}% of tokens, Gini {gini}")
+          f"JS > {args.high_divergence_threshold:g} at {100 * frac_high:.2f}% of tokens, Gini {gini}")
     print(f"wrote {out}/tokens.parquet, summary.json, report.html and {len(images)} PNGs")
     return 0
 

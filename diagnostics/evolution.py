@@ -12,7 +12,7 @@ set (`diagnostics.shift.analyze`), and `OUT/evolution.csv` gets one row per chec
     + the other `diagnostics.summary.scalar_metrics` columns (the same names as `shift_probe/*` in training)
 
 `jaccard_final` = |H_c ∩ H_final| / |H_c ∪ H_final|, where H_c is the set of probe positions
-(seq_id, position) with JS > --high-js (paper: 0.1) at checkpoint c and H_final the same set at the
+(seq_id, position) with JS > --high-divergence-threshold (paper: 0.1) at checkpoint c and H_final the same set at the
 last checkpoint (empty ∪ empty -> NaN: undefined). Meng et al. report it climbing to 1 while the
 95th/99th JS percentiles rise fastest. PNGs: `evolution_sparsity.png`, `evolution_quantiles.png`,
 `evolution_jaccard.png`.
@@ -48,10 +48,11 @@ from diagnostics.cli_args import (
     add_runtime_arguments,
     add_sampling_arguments,
     check_required,
+    resolve_analysis_settings,
 )
 from diagnostics.jsonl import write_json_atomic
 from diagnostics.probe import ProbeSet, load_probe
-from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, DEFAULT_THRESHOLDS, shift_stats, stat_names
+from diagnostics.shift_stats import DEFAULT_HIGH_DIVERGENCE_THRESHOLD, DEFAULT_THRESHOLDS, shift_stats, stat_names
 from rewards.data import add_dataset_arguments
 
 logger = logging.getLogger(__name__)
@@ -85,21 +86,21 @@ def _weights_signature(ckpt: Path) -> list:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def js_stats(js: np.ndarray, thresholds=DEFAULT_THRESHOLDS, high_js: float = DEFAULT_HIGH_THRESHOLD) -> dict[str, float]:
+def js_stats(js: np.ndarray, thresholds=DEFAULT_THRESHOLDS, high_divergence_threshold: float = DEFAULT_HIGH_DIVERGENCE_THRESHOLD) -> dict[str, float]:
     """The CSV's core columns from per-token JS values `(N,)`: `diagnostics.shift_stats.shift_stats` + `n_high`.
 
     No entropies here (the remaining `scalar_metrics` columns, entropies included, are added per row).
     """
     js = np.asarray(js, dtype=np.float64)
-    out = shift_stats(js, measure="js", thresholds=thresholds, high_threshold=high_js)
+    out = shift_stats(js, measure="js", thresholds=thresholds, high_divergence_threshold=high_divergence_threshold)
     out = {k: v for k, v in out.items() if not k.startswith("entropy_")}
-    out["n_high"] = float((js > high_js).sum())
+    out["n_high"] = float((js > high_divergence_threshold).sum())
     return out
 
 
-def high_positions(table: pd.DataFrame, high_js: float) -> set[tuple[int, int]]:
-    """{(seq_id, position)} of the tokens with JS > high_js."""
-    sel = table.loc[table["js"] > high_js, ["seq_id", "position"]]
+def high_positions(table: pd.DataFrame, high_divergence_threshold: float) -> set[tuple[int, int]]:
+    """{(seq_id, position)} of the tokens with JS > high_divergence_threshold."""
+    sel = table.loc[table["js"] > high_divergence_threshold, ["seq_id", "position"]]
     return set(zip(sel["seq_id"].astype(int), sel["position"].astype(int)))
 
 
@@ -146,6 +147,7 @@ def run_evolution(args) -> EvolutionResult:
     from diagnostics.shift import analyze
     from diagnostics.summary import scalar_metrics, summarize
 
+    resolve_analysis_settings(args, args.policy)  # flags > the run's divergence_settings.json > defaults
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = find_checkpoints(args.policy)
@@ -188,7 +190,7 @@ def run_evolution(args) -> EvolutionResult:
                             top_p=args.top_p, temperature=args.temperature, batch_size=args.batch_size,
                             progress=False)
             del policy
-            summary = summarize(table, high_js=args.high_js)
+            summary = summarize(table, high_divergence_threshold=args.high_divergence_threshold)
             meta = {"key": key, "step": step, "metrics": scalar_metrics(summary), "summary": summary}
             cache.mkdir(parents=True, exist_ok=True)
             table.to_parquet(table_path, index=False)
@@ -196,7 +198,7 @@ def run_evolution(args) -> EvolutionResult:
             result.analyzed.append(ckpt.name)
         tables[step] = table
         row = {"step": step, "checkpoint": ckpt.name,
-               **js_stats(table["js"].to_numpy(dtype=np.float64), high_js=args.high_js)}
+               **js_stats(table["js"].to_numpy(dtype=np.float64), high_divergence_threshold=args.high_divergence_threshold)}
         for k, v in meta["metrics"].items():  # the remaining summary scalars (NaN stays NaN)
             row.setdefault(k, float("nan") if v is None else v)
         rows[step] = row
@@ -208,9 +210,9 @@ def run_evolution(args) -> EvolutionResult:
                          f"({next(iter(result.skipped.values()))}). Fix: save full model weights in checkpoints")
 
     final = max(tables)
-    final_high = high_positions(tables[final], args.high_js)
+    final_high = high_positions(tables[final], args.high_divergence_threshold)
     for step, row in rows.items():
-        row["jaccard_final"] = jaccard(high_positions(tables[step], args.high_js), final_high)
+        row["jaccard_final"] = jaccard(high_positions(tables[step], args.high_divergence_threshold), final_high)
     lead = ["step", "checkpoint", *stat_names("js"), "n_high", "jaccard_final"]
     frame = pd.DataFrame([rows[s] for s in sorted(rows)])
     frame = frame.reindex(columns=lead + [c for c in frame.columns if c not in lead])  # old caches: NaN columns
@@ -261,10 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="completion length budget of a --dataset probe")
     add_sampling_arguments(p, what="--dataset probe sampling")
     add_analysis_arguments(p)
-    p.add_argument("--chunk-size", type=int, default=512, help="positions per chunk in the divergence computation")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--high-js", type=float, default=DEFAULT_HIGH_THRESHOLD,
-                   help="'high divergence' threshold for n_high and Jaccard")
     add_runtime_arguments(p, seed_help="seed for prompt selection and sampling of a --dataset probe (default 0)")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     return p
@@ -276,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     check_required(parser, args, "--policy")
     if args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    try:  # flags > the run folder's divergence_settings.json > defaults
+        resolve_analysis_settings(args, args.policy)
+    except ValueError as err:
+        parser.error(str(err))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     res = run_evolution(args)

@@ -1,22 +1,21 @@
-"""Load a base/policy pair for the shift analysis, refuse pairs that do not share a vocabulary, and
-sample completions to analyse.
+"""Load a base/policy pair for the shift analysis and refuse pairs that do not share a vocabulary.
 
-    from diagnostics.models import load_pair, generate_completions
+    from diagnostics.models import load_pair
     base, policy, tok = load_pair("path/or/hub-id-of-base", "path/to/policy")
-    records = generate_completions(policy, tok, prompts, num_samples=4, seed=0)
+    records = diagnostics.probe.generate_completions(policy, tok, prompts, num_samples=4, seed=0)
 
 A token-level comparison only means something if token id i is the same string for both models, so
 `check_same_vocabulary` compares the two tokenizers (size, special tokens, the full vocab map, and
 the ids of a fixed probe text) and the two models' output sizes, and raises one line saying which
-differs. Sampling reuses `diagnostics.probe.build_probe_set` (one generation code path for the CLI,
-the training callback and `evolution`).
+differs. Sampling lives in `diagnostics.probe` (`build_probe_set`, `generate_completions`: one
+generation code path for the CLI, the training callback and `evolution`), which imports this module,
+never the reverse.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -172,25 +171,3 @@ def load_pair(base: str, policy: str, *, dtype: str = "float32", device: str | N
     if base_tok.pad_token_id is None and base_tok.eos_token_id is not None:
         base_tok.pad_token = base_tok.eos_token
     return base_model, policy_model, base_tok
-
-
-def generate_completions(model, tokenizer, prompts: Sequence, *, num_samples: int = 1, temperature: float = 1.0,
-                         top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
-                         extras: Sequence[dict] | None = None, progress: bool = True) -> list[dict]:
-    """Sample `num_samples` completions per prompt; returns analysis records.
-
-    Each record: `prompt_ids`, `completion_ids` (cut after the first eos, which is kept),
-    `prompt`, `completion` (text), `prompt_index`, `sample`, plus the prompt's `extras`.
-    Prompts are chat-templated strings or conversational message lists.
-    """
-    from diagnostics.probe import build_probe_set
-
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}. Fix: pass --num-samples 1 or more")
-    rep_prompts = [p for p in prompts for _ in range(num_samples)]
-    rep_extras = [{**(dict(extras[i]) if extras is not None else {}), "prompt_index": i, "sample": s}
-                  for i in range(len(prompts)) for s in range(num_samples)]
-    probe = build_probe_set(model, tokenizer, rep_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, seed=seed, batch_size=batch_size, extras=rep_extras, progress=progress)
-    return [{"prompt_ids": list(q.prompt_ids), "completion_ids": list(q.completion_ids), "prompt": q.prompt,
-             "completion": q.completion, **q.extra} for q in probe.sequences]

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from diagnostics.summary import high_divergence_threshold_of  # noqa: E402
+
 LN2 = math.log(2.0)
 JS_FLOOR = 1e-8
 
@@ -38,7 +40,7 @@ def _save(fig, path: str | Path) -> Path:
 def plot_sparsity(table: pd.DataFrame, summary: dict, path: str | Path) -> Path:
     """JS histogram (log x), JS CDF (log x, threshold lines) and the Lorenz curve of JS mass."""
     js = np.clip(table["js"].to_numpy(dtype=np.float64), JS_FLOOR, LN2)
-    high = summary.get("high_js", 0.1)
+    high = high_divergence_threshold_of(summary)
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     bins = np.geomspace(JS_FLOOR, LN2, 60)
     ax[0].hist(js, bins=bins, color="#c0392b", alpha=0.8)
@@ -97,7 +99,7 @@ def plot_position_profile(summary: dict, path: str | Path) -> Path:
            title="positional profile")
     ax2 = ax.twinx()
     ax2.bar(d, [nz(r["frac_high"]) for r in rows], alpha=0.2, color="#2c3e50",
-            label=f"frac JS > {summary.get('high_js', 0.1):g}")
+            label=f"frac JS > {high_divergence_threshold_of(summary):g}")
     ax2.set_ylabel("fraction of high-JS tokens")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
@@ -110,7 +112,7 @@ def plot_topk_overlap(summary: dict, path: str | Path) -> Path:
     """Mean |top-k(base) ∩ top-k(policy)| / k for k = 1..5: high-JS tokens vs all tokens."""
     re = summary["reallocation"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, color in (("topk_overlap_high", f"JS > {summary.get('high_js', 0.1):g}", "#c0392b"),
+    for key, label, color in (("topk_overlap_high", f"JS > {high_divergence_threshold_of(summary):g}", "#c0392b"),
                               ("topk_overlap_all", "all tokens", "#2980b9")):
         curve = re.get(key) or {}
         ks = [int(k) for k in curve]

@@ -215,3 +215,23 @@ def probe_from_dataset(
     ds = ds.select(range(min(num_prompts, len(ds))))
     extras = [{"problem": r.get("problem"), "answer": r.get("answer")} for r in ds]
     return build_probe_set(model, tokenizer, list(ds["prompt"]), seed=seed, extras=extras, **generate_kwargs)
+
+
+def generate_completions(model, tokenizer, prompts: Sequence, *, num_samples: int = 1, temperature: float = 1.0,
+                         top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
+                         extras: Sequence[dict] | None = None, progress: bool = True) -> list[dict]:
+    """Sample `num_samples` completions per prompt; returns analysis records.
+
+    Each record: `prompt_ids`, `completion_ids` (cut after the first eos, which is kept),
+    `prompt`, `completion` (text), `prompt_index`, `sample`, plus the prompt's `extras`.
+    Prompts are chat-templated strings or conversational message lists.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}. Fix: pass --num-samples 1 or more")
+    rep_prompts = [p for p in prompts for _ in range(num_samples)]
+    rep_extras = [{**(dict(extras[i]) if extras is not None else {}), "prompt_index": i, "sample": s}
+                  for i in range(len(prompts)) for s in range(num_samples)]
+    probe = build_probe_set(model, tokenizer, rep_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, seed=seed, batch_size=batch_size, extras=rep_extras, progress=progress)
+    return [{"prompt_ids": list(q.prompt_ids), "completion_ids": list(q.completion_ids), "prompt": q.prompt,
+             "completion": q.completion, **q.extra} for q in probe.sequences]

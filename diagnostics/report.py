@@ -4,7 +4,7 @@
     write_report("out/report.html", table, summary, images=paths, prompts={0: "..."}, token_text=decode)
 
 Contents: the headline numbers, sample completions with every token's background coloured by its
-JS divergence (log scale from 1e-4 to ln 2; a red outline marks JS > high_js), a hover box per
+JS divergence (log scale from 1e-4 to ln 2; a red outline marks JS > high_divergence_threshold), a hover box per
 token (pure CSS `:hover`) with JS / KL / entropies / the emitted token's probabilities and, when
 the table was built with `keep_topk=True`, base and policy top-5 with probabilities; then the
 summary tables and the PNGs embedded as base64 data URIs.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from diagnostics.summary import high_divergence_threshold_of
 
 LN2 = math.log(2.0)
 JS_COLOR_LO = 1e-4  # JS at or below this is drawn white
@@ -105,13 +107,13 @@ def _tooltip(row, token_text: Callable[[int], str]) -> str:
     return f'<span class="tip">{tip}</span>'
 
 
-def _sequence_html(seq: pd.DataFrame, prompt: str | None, token_text, high_js: float) -> str:
+def _sequence_html(seq: pd.DataFrame, prompt: str | None, token_text, high_divergence_threshold: float) -> str:
     parts = []
     if prompt:
         parts.append(f'<span class="prompt">{_show(prompt)}</span>')
     for row in seq.itertuples(index=False):
         a = js_alpha(float(row.js))
-        cls = "tok high" if row.js > high_js else "tok"
+        cls = "tok high" if row.js > high_divergence_threshold else "tok"
         parts.append(f'<span class="{cls}" style="background: rgba(220,40,30,{a:.3f})">'
                      f"{_show(str(row.token))}{_tooltip(row, token_text)}</span>")
     return f'<div class="seq">{"".join(parts)}</div>'
@@ -155,7 +157,7 @@ def render_report(
     if token_text is None:
         known = dict(zip(table["token_id"].astype(int), table["token"].astype(str))) if len(table) else {}
         token_text = lambda i: known.get(int(i), f"#{int(i)}")  # noqa: E731
-    high_js = float(summary.get("high_js", 0.1))
+    high_divergence_threshold = high_divergence_threshold_of(summary)
     sp, re = summary["sparsity"], summary["reallocation"]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -181,10 +183,10 @@ def render_report(
     for sid in seq_ids:
         seq = table[table["seq_id"] == sid]
         out.append(f"<div class=\"meta\">sequence {int(sid)} — {len(seq)} tokens, max JS {seq['js'].max():.3g}, "
-                   f"{int((seq['js'] > high_js).sum())} above {high_js:g}</div>")
-        out.append(_sequence_html(seq, (prompts or {}).get(int(sid)), token_text, high_js))
+                   f"{int((seq['js'] > high_divergence_threshold).sum())} above {high_divergence_threshold:g}</div>")
+        out.append(_sequence_html(seq, (prompts or {}).get(int(sid)), token_text, high_divergence_threshold))
 
-    out.append(f"<h2>Probability-mass reallocation at JS &gt; {high_js:g}</h2>")
+    out.append(f"<h2>Probability-mass reallocation at JS &gt; {high_divergence_threshold:g}</h2>")
     out.append(_kv_table([
         ("high-JS tokens", re["n_high"]),
         ("policy top-1 = base top-1", re["frac_top1_equal"]),
@@ -201,7 +203,7 @@ def render_report(
     out.append("<h2>Position profile (relative-position deciles)</h2>")
     out.append(_rows_table(summary["position"], [
         ("decile", "decile"), ("count", "tokens"), ("js_mean", "mean JS"), ("js_median", "median JS"),
-        ("js_p95", "p95 JS"), ("frac_high", f"frac JS > {high_js:g}")]))
+        ("js_p95", "p95 JS"), ("frac_high", f"frac JS > {high_divergence_threshold:g}")]))
     ident = summary["token_identity"]
     out.append("<h2>Token identity vs context</h2>")
     out.append(f"<p class=\"meta\">Share of high-JS positions whose token is high-JS in under half of its "

@@ -20,7 +20,7 @@ Keys (m = the measure name, N = tokens with mask 1, D ascending = x_1 <= ... <= 
     {m}_top{k}pct_share                   Σ of the top max(1, ⌈k/100 · N⌉) D / Σ D
     {m}_gini                              2 Σ_i i·x_i / (N Σ x) − (N + 1)/N   (0 = all equal, → 1 = one token)
     entropy_{base,policy}_mean            mean next-token entropy (nats)
-    entropy_{base,policy}_{high,low}_mean the same over tokens with D > high_threshold / the rest
+    entropy_{base,policy}_{high,low}_mean the same over tokens with D > high_divergence_threshold / the rest
     weight_{mean,max,p1,p50,p99,frac_not_one}   advantage weights (only when `weights` is given)
 
 Undefined values (no tokens, Σ D = 0, no high token, an entropy column of NaN) are NaN.
@@ -37,7 +37,7 @@ import torch
 DEFAULT_QUANTILES: tuple[int, ...] = (50, 90, 95, 99)  # percent
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)  # D cut-offs of the sparsity fractions
 DEFAULT_TOP_SHARES: tuple[int, ...] = (1, 5, 10)  # percent of tokens
-DEFAULT_HIGH_THRESHOLD: float = 0.1  # "high divergence" (Meng et al., arXiv 2603.22446: JS > 0.1)
+DEFAULT_HIGH_DIVERGENCE_THRESHOLD: float = 0.1  # "high divergence" (Meng et al., arXiv 2603.22446: JS > 0.1)
 WEIGHT_QUANTILES: tuple[int, ...] = (1, 50, 99)  # percent
 
 NAN = float("nan")
@@ -102,7 +102,7 @@ def shift_stats(
     quantiles: Sequence[int] = DEFAULT_QUANTILES,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     top_shares: Sequence[int] = DEFAULT_TOP_SHARES,
-    high_threshold: float = DEFAULT_HIGH_THRESHOLD,
+    high_divergence_threshold: float = DEFAULT_HIGH_DIVERGENCE_THRESHOLD,
 ) -> dict[str, float]:
     """The flat shift statistics of one set of tokens (key names: the module docstring).
 
@@ -114,7 +114,7 @@ def shift_stats(
         entropy_base, entropy_policy: per-token entropies (nats), same shape; None -> NaN keys.
         weights: per-token advantage weights, same shape; adds the `weight_*` keys.
         quantiles: percentages for `{m}_p{q}`; thresholds: cut-offs for `frac_{m}_gt_{t}`;
-        top_shares: percentages for `{m}_top{k}pct_share`; high_threshold: the high/low entropy split.
+        top_shares: percentages for `{m}_top{k}pct_share`; high_divergence_threshold: the high/low entropy split.
 
     Returns:
         `{key: float}`, identical key set for any input (NaN where undefined).
@@ -141,7 +141,7 @@ def shift_stats(
     for k in top_shares:
         out[f"{m}_top{k:g}pct_share"] = top_share_sorted(asc, k / 100)
     out[f"{m}_gini"] = gini_sorted(asc)
-    high = d > high_threshold  # (N,)
+    high = d > high_divergence_threshold  # (N,)
     for name, col in (("base", entropy_base), ("policy", entropy_policy)):
         if col is None:
             ent = torch.full_like(d, NAN)
@@ -172,5 +172,5 @@ def stat_names(measure: str = "js", *, weights: bool = False) -> list[str]:
     return list(shift_stats(torch.zeros(0), measure=measure, weights=torch.zeros(0) if weights else None))
 
 
-__all__ = ["DEFAULT_HIGH_THRESHOLD", "DEFAULT_QUANTILES", "DEFAULT_THRESHOLDS", "DEFAULT_TOP_SHARES",
+__all__ = ["DEFAULT_HIGH_DIVERGENCE_THRESHOLD", "DEFAULT_QUANTILES", "DEFAULT_THRESHOLDS", "DEFAULT_TOP_SHARES",
            "gini_sorted", "quantile_sorted", "shift_stats", "stat_names", "top_share_sorted"]

@@ -10,7 +10,7 @@ Sections (Meng et al., arXiv 2603.22446, §"token-level shift"; docs/diagnostics
   held by the top x% of tokens.
 - `entropy_vs_js`: base and policy entropy per JS bin.
 - `position`: JS by relative-position decile of the completion.
-- `reallocation`: at JS > `high_js`, how often the policy's top-1 equals base's top-1, lies in
+- `reallocation`: at JS > `high_divergence_threshold`, how often the policy's top-1 equals base's top-1, lies in
   base's top-3, or had base probability < 0.01; the mean top-k overlap curve k = 1..5.
 - `token_identity`: the most frequent tokens of the high-JS set, next to the share of all their
   occurrences that are high-JS (low share = context, not identity, decides).
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from diagnostics.shift_stats import (
-    DEFAULT_HIGH_THRESHOLD,
+    DEFAULT_HIGH_DIVERGENCE_THRESHOLD,
     DEFAULT_QUANTILES,
     DEFAULT_THRESHOLDS,
     gini_sorted,
@@ -80,7 +80,7 @@ def summarize(
     table: pd.DataFrame,
     *,
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
-    high_js: float = DEFAULT_HIGH_THRESHOLD,
+    high_divergence_threshold: float = DEFAULT_HIGH_DIVERGENCE_THRESHOLD,
     js_bin_edges: tuple[float, ...] = JS_BIN_EDGES,
     top_tokens: int = 20,
 ) -> dict:
@@ -90,7 +90,7 @@ def summarize(
         table: `analyze(...)` output (needs js, entropies, top-1s, base rank/prob of policy top-1,
             overlap@k, rel_position, token_id, token).
         thresholds: JS cut-offs for the sparsity fractions.
-        high_js: "high divergence" cut-off (paper: 0.1) for reallocation and token identity.
+        high_divergence_threshold: "high divergence" cut-off (paper: 0.1) for reallocation and token identity.
         js_bin_edges: bins for entropy vs JS (last bin closed on the right).
         top_tokens: how many tokens of the high-JS set to list.
     """
@@ -98,11 +98,11 @@ def summarize(
         raise ValueError("the token table has no 'js' column; build it with diagnostics.shift.analyze")
     js = table["js"].to_numpy(dtype=np.float64)  # (N,)
     n = len(js)
-    high = js > high_js  # (N,)
+    high = js > high_divergence_threshold  # (N,)
     out: dict = {
         "n_tokens": int(n),
         "n_sequences": int(table["seq_id"].nunique()) if "seq_id" in table else None,
-        "high_js": float(high_js),
+        "high_divergence_threshold": float(high_divergence_threshold),
         "thresholds": [float(t) for t in thresholds],
     }
 
@@ -110,7 +110,7 @@ def summarize(
     ent = {f"entropy_{w}": table[f"entropy_{w}"].to_numpy(dtype=np.float64) if f"entropy_{w}" in table else None
            for w in ("base", "policy")}
     stats = shift_stats(js, measure="js", entropy_base=ent["entropy_base"], entropy_policy=ent["entropy_policy"],
-                        thresholds=thresholds, high_threshold=high_js)
+                        thresholds=thresholds, high_divergence_threshold=high_divergence_threshold)
     out["scalars"] = {k: _f(v) for k, v in stats.items()}
 
     # ---- sparsity (the nested view the report and plots read; values from `stats`) ---------------
@@ -157,7 +157,7 @@ def summarize(
                             "js_mean": _f(v.mean()) if len(v) else None,
                             "js_median": _f(np.median(v)) if len(v) else None,
                             "js_p95": _f(np.quantile(v, 0.95)) if len(v) else None,
-                            "frac_high": _f((v > high_js).mean()) if len(v) else None})
+                            "frac_high": _f((v > high_divergence_threshold).mean()) if len(v) else None})
     out["position"] = deciles
 
     # ---- probability-mass reallocation at high-JS positions --------------------------------------
@@ -198,6 +198,11 @@ def summarize(
             ident["frac_high_in_mostly_low_types"] = _f(g.loc[high, "token_id"].isin(mostly_low).mean())
     out["token_identity"] = ident
     return out
+
+
+def high_divergence_threshold_of(summary: dict) -> float:
+    """The summary's high-divergence threshold (summaries written before issue 18 call it `high_js`)."""
+    return float(summary.get("high_divergence_threshold", summary.get("high_js", DEFAULT_HIGH_DIVERGENCE_THRESHOLD)))
 
 
 def scalar_metrics(summary: dict) -> dict[str, float]:

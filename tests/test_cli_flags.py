@@ -36,6 +36,18 @@ def test_docs_flag_table_is_generated_from_the_parsers():
         "`python -c \"from train.cli import flags_markdown; print(flags_markdown())\" > docs/cli.md`")
 
 
+def test_docs_cover_sub_subcommands():
+    """`real-world setup` (argparse subparsers) and `demo --world real` (its own parser) have their own tables."""
+    from train.cli import parsers_of
+
+    text = flags_markdown()
+    assert "### `sparse-rlvr real-world setup`" in text and "### `sparse-rlvr demo --world real`" in text
+    titles = [t for name, (module, _) in SUBCOMMANDS.items() for t, _ in parsers_of(name, module)]
+    assert all(f"`{t}`" in text for t in titles)
+    setup = dict(parsers_of("real-world", SUBCOMMANDS["real-world"][0]))["sparse-rlvr real-world setup"]
+    assert all(f"| `{flags}` |" in text for flags, _ in flags_of(setup))
+
+
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_every_subcommand_takes_the_same_flags(name):
     argv = list(REQUIRED[name])
@@ -75,6 +87,8 @@ def test_temperature_is_the_analysis_distribution(name):
     ("eval", "--temperature", "sample_temperature", 0.5),
     ("eval", "--top-p", "sample_top_p", 0.5),
     ("cross-sample", "--temperature", "sample_temperature", 0.5),
+    ("shift", "--high-js", "high_divergence_threshold", 0.2),
+    ("evolution", "--high-js", "high_divergence_threshold", 0.2),
 ])
 def test_deprecated_aliases_work_and_warn(name, old, new, value):
     argv = list(REQUIRED[name]) + (["--base", "B"] if name in WITH_BASE else []) + ["--dataset", "tiny"]

@@ -11,6 +11,7 @@ set SPARSE_RLVR_DEBUG=1 to see the traceback anyway.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -28,6 +29,30 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("train.demo", "the main job: the paper in miniature on the tiny world, end to end"),
     "compare": ("train.compare", "train several advantage-weighting variants x seeds and rank them"),
 }
+
+
+# subcommands whose flags change with one option: (subcommand, the option, module with its own build_parser)
+VARIANT_PARSERS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "--world real", "train.real_demo"),
+)
+
+
+def parsers_of(name: str, module_name: str):
+    """[(title, parser)] of a subcommand: its parser, then every sub-subcommand (argparse subparsers, e.g.
+    `real-world setup`) and every variant with a parser of its own (`demo --world real`). Empty for `grpo`
+    (TrlParser: every config field is a flag)."""
+    module = importlib.import_module(module_name)
+    if not hasattr(module, "build_parser"):
+        return []
+    parser = module.build_parser()
+    out = [(f"sparse-rlvr {name}", parser)]
+    for action in parser._actions:  # argparse keeps no public list of subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            out += [(f"sparse-rlvr {name} {sub}", p) for sub, p in action.choices.items()]
+    for parent, option, variant_module in VARIANT_PARSERS:
+        if parent == name:
+            out.append((f"sparse-rlvr {name} {option}", importlib.import_module(variant_module).build_parser()))
+    return out
 
 
 def _usage() -> str:
@@ -50,20 +75,26 @@ def flags_markdown() -> str:
     lines = ["# `sparse-rlvr` flags, per subcommand", "",
              "Generated from the parsers by `train.cli.flags_markdown()` (do not edit by hand; "
              "`tests/test_cli_flags.py` checks it). The names follow docs/vocabulary.md; deprecated aliases "
-             "(`--rl`, `--run-dir`, `--gen-temperature`, `--num-prompts`, `--num-problems`, and `--temperature`/"
+             "(`--rl`, `--run-dir`, `--gen-temperature`, `--num-prompts`, `--num-problems`, `--high-js`, and `--temperature`/"
              "`--top-p` in `eval`/`cross-sample`) still work, warn, and are not listed.", ""]
     for name, (module_name, desc) in SUBCOMMANDS.items():
-        lines += [f"## `sparse-rlvr {name}`", "", desc + ".", ""]
-        module = importlib.import_module(module_name)
-        if not hasattr(module, "build_parser"):
-            lines += ["Every `DivergenceGRPOConfig` / `GRPOConfig` / `ModelConfig` field as `--field value` "
+        parsers = parsers_of(name, module_name)
+        if not parsers:
+            lines += [f"## `sparse-rlvr {name}`", "", desc + ".", "",
+                      "Every `DivergenceGRPOConfig` / `GRPOConfig` / `ModelConfig` field as `--field value` "
                       "(YAML `--config` first); see docs/trainer.md and `sparse-rlvr grpo --help`.", ""]
             continue
-        lines += ["| flag | meaning |", "|---|---|"]
-        for flags, text in flags_of(module.build_parser()):
-            text = text.replace("|", "\\|")
-            lines.append(f"| `{flags}` | {text} |")
-        lines.append("")
+        for i, (title, parser) in enumerate(parsers):
+            text = desc + "." if i == 0 else " ".join((parser.description or "").split())
+            lines += [f"{'##' if i == 0 else '###'} `{title}`", "", text, ""] if text else \
+                [f"{'##' if i == 0 else '###'} `{title}`", ""]
+            rows = flags_of(parser)
+            if not rows:
+                lines += ["No flags.", ""]
+                continue
+            lines += ["| flag | meaning |", "|---|---|"]
+            lines += [f"| `{flags}` | {help_text.replace('|', chr(92) + '|')} |" for flags, help_text in rows]
+            lines.append("")
     return "\n".join(lines)
 
 

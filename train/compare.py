@@ -26,38 +26,38 @@ import logging
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
+
+from train.pipeline import grpo_command
 
 logger = logging.getLogger("train.compare")
 
 # named variant -> GRPO arguments (any other name is passed as `--weighting NAME`)
 VARIANTS: dict[str, list[str]] = {
-    "none": ["--weighting", "none"],
-    "sigmoid_high": ["--weighting", "sigmoid", "--weighting_alpha", "10.0", "--weighting_s", "1.0",
-                     "--weighting_scale", "auto"],
-    "sigmoid_low": ["--weighting", "sigmoid", "--weighting_alpha", "-10.0", "--weighting_s", "1.0",
-                    "--weighting_scale", "auto"],
-    "linear": ["--weighting", "linear"],
-    "normalized": ["--weighting", "normalized"],
-    "top_quantile": ["--weighting", "top_quantile", "--weighting_rho", "0.2"],
-    "random_quantile": ["--weighting", "random_quantile", "--weighting_rho", "0.2"],
+    "none": {"weighting": "none"},
+    "sigmoid_high": {"weighting": "sigmoid", "weighting_alpha": 10.0, "weighting_s": 1.0, "weighting_scale": "auto"},
+    "sigmoid_low": {"weighting": "sigmoid", "weighting_alpha": -10.0, "weighting_s": 1.0, "weighting_scale": "auto"},
+    "linear": {"weighting": "linear"},
+    "normalized": {"weighting": "normalized"},
+    "top_quantile": {"weighting": "top_quantile", "weighting_rho": 0.2},
+    "random_quantile": {"weighting": "random_quantile", "weighting_rho": 0.2},
     # TRL's own 80/20 rule (Wang et al., arXiv 2506.01939): loss on the 20% highest-entropy tokens, no D weighting
-    "entropy_8020": ["--weighting", "none", "--top_entropy_quantile", "0.2"],
+    "entropy_8020": {"weighting": "none", "top_entropy_quantile": 0.2},
 }
 BASELINE = "none"  # the paired comparison's reference variant
 SHIFT_KEYS = ("shift/js_mean", "shift/js_p99", "shift/frac_js_gt_0.01", "shift/weight_mean",
               "shift/weight_p99")  # measure js (default)
 
 
-def variant_args(name: str) -> list[str]:
-    return VARIANTS.get(name, ["--weighting", name])
+def variant_settings(name: str) -> dict:
+    """The GRPO settings (train.grpo field names) of a variant; any registered weighting name is a variant too."""
+    return dict(VARIANTS.get(name, {"weighting": name}))
 
 
 def run_command(config: str, variant: str, seed: int, out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "train.grpo", "--config", config, *variant_args(variant), "--seed", str(seed),
-            "--output_dir", str(out), "--resume_from_checkpoint", "true", "--run_name", f"{variant}-seed{seed}",
-            *extra]
+    """`train.pipeline.grpo_command` for one (variant, seed) run: every name checked against the entry point."""
+    return grpo_command(config, {**variant_settings(variant), "seed": seed, "output_dir": str(out),
+                                 "resume_from_checkpoint": "true", "run_name": f"{variant}-seed{seed}"}, extra)
 
 
 def _final_metrics(run_dir: Path) -> dict:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sparse-rlvr compare: error: unknown variant(s) {unknown}; choose from "
                          f"{sorted(set(VARIANTS) | set(WEIGHTING_REGISTRY))}")
     extra = [a for a in args.extra if a != "--"]
-    extra += ["--eval_num_samples", str(args.eval_num_samples)]
+    extra += ["--eval_num_samples", str(args.eval_num_samples)]  # scored with the run's own reward settings
     if args.base is not None:
         if not Path(args.base).is_dir():
             raise SystemExit(f"sparse-rlvr compare: error: --base {args.base!r} is not a directory. Fix: build one "

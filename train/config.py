@@ -17,9 +17,17 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from diagnostics.divergence import DIVERGENCE_REGISTRY, SAMPLED_ESTIMATOR_REGISTRY
-from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD
+from diagnostics.divergence_settings import DivergenceSettings
+from diagnostics.shift_stats import DEFAULT_HIGH_DIVERGENCE_THRESHOLD
 from rewards.extract import EXTRACTION_MODES
-from train.weighting import RENORMALIZE_MODES, SCALED_WEIGHTINGS, WEIGHTING_REGISTRY, WeightingParams
+from train.weighting import (
+    RENORMALIZE_MODES,
+    WEIGHTING_REGISTRY,
+    WeightingParams,
+    is_scaled,
+    weighting_help,
+    weighting_parameters,
+)
 
 PAPER = "arXiv 2603.22446"
 DIVERGENCE_SOURCES = ("base", "old")
@@ -97,10 +105,11 @@ class DivergenceGRPOConfig(GRPOConfig):
         },
     )
     high_divergence_threshold: float = field(
-        default=DEFAULT_HIGH_THRESHOLD,
+        default=DEFAULT_HIGH_DIVERGENCE_THRESHOLD,
         metadata={
-            "help": "D above which a token counts as 'high divergence' for the shift/ entropy metrics (the paper's "
-            f"JS > 0.1, {PAPER})."
+            "help": "D above which a token counts as 'high divergence' (the paper's JS > 0.1, "
+            f"{PAPER}): the shift/ and shift_probe/ high/low entropy metrics, the probe summary, and the default of "
+            "`sparse-rlvr shift` / `evolution` --high-divergence-threshold on this run (divergence_settings.json)."
         },
     )
     base_model_name_or_path: str | None = field(
@@ -120,13 +129,7 @@ class DivergenceGRPOConfig(GRPOConfig):
     )
     weighting: str = field(
         default="sigmoid",
-        metadata={
-            "help": "Advantage-weighting function, from train.weighting's registry: 'none' (exactly TRL GRPO), "
-            f"'sigmoid' w = 1 + s*(sigmoid(alpha*D) - 1/2) ({PAPER}; alpha > 0 high-divergence boost, alpha < 0 "
-            "low-divergence boost), 'linear' w = clip(1 + alpha*D/scale, w_min, w_max), 'normalized' w = D/mean(D), "
-            "'top_quantile' (only the top rho fraction of tokens by D carry the advantage; cf. the 80/20 entropy "
-            "rule, arXiv 2506.01939), 'random_quantile' (same rho, random tokens: the control)."
-        },
+        metadata={"help": weighting_help()},  # built from train.weighting's registry, the single source
     )
     weighting_alpha: float = field(
         default=10.0,
@@ -260,7 +263,7 @@ class DivergenceGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"weighting={self.weighting!r} is unknown; valid weightings: {', '.join(sorted(WEIGHTING_REGISTRY))}."
             )
-        if self.weighting in ("top_quantile", "random_quantile") and not 0.0 < self.weighting_rho <= 1.0:
+        if "rho" in weighting_parameters(self.weighting) and not 0.0 < self.weighting_rho <= 1.0:
             raise ValueError(
                 f"weighting_rho={self.weighting_rho} is outside (0, 1]; set the fraction of tokens "
                 f"{self.weighting!r} keeps, e.g. weighting_rho=0.2."
@@ -315,10 +318,23 @@ class DivergenceGRPOConfig(GRPOConfig):
         generate_every = self.steps_per_generation * self.num_iterations
         return self.gradient_accumulation_steps % generate_every != 0
 
+    def divergence_settings(self) -> DivergenceSettings:
+        """The one `DivergenceSettings` of this run (measure, temperature, top-p, chunk size, high-divergence
+        threshold): the trainer's D, the probe callback and `sparse-rlvr shift` / `evolution` (through the run
+        folder's `divergence_settings.json`) all use it. Temperature: `divergence_temperature`, else the
+        sampling `temperature` (as TRL's log-probs)."""
+        return DivergenceSettings(
+            measure=self.divergence_measure,
+            temperature=self.divergence_temperature or self.temperature,
+            top_p=self.divergence_top_p,
+            chunk_size=self.divergence_chunk_size,
+            high_divergence_threshold=self.high_divergence_threshold,
+        )
+
     @property
     def auto_scale(self) -> bool:
         """True when the weights read D / D_ref (weighting_scale='auto' and a weighting that uses a scale)."""
-        return self.weighting_scale == "auto" and self.weighting in SCALED_WEIGHTINGS
+        return self.weighting_scale == "auto" and is_scaled(self.weighting)
 
     def weighting_params(self, seed: int | None = None, scale: float | None = None) -> WeightingParams:
         """The weighting knobs; `scale` overrides weighting_scale (the trainer passes D_ref when it is 'auto')."""

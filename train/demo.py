@@ -22,23 +22,21 @@ output dir; never asks for an account), or to tensorboard when wandb is not inst
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from train.pipeline import Stages, report_page, reporting_backend, run_grpo
 
 logger = logging.getLogger("train.demo")
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny_grpo.yaml"
 
-# name -> extra GRPO arguments on top of the recipe
+# name -> GRPO settings on top of the recipe (train.grpo field names, checked by train.pipeline.grpo_command)
 VARIANTS = {
-    "grpo-none": ["--weighting", "none"],
-    "grpo-sigmoid": ["--weighting", "sigmoid", "--weighting_alpha", "10.0", "--weighting_s", "1.0"],
+    "grpo-none": {"weighting": "none"},
+    "grpo-sigmoid": {"weighting": "sigmoid", "weighting_alpha": 10.0, "weighting_s": 1.0},
 }
 
 QUICK = dict(preset="ci", grpo_steps=30, eval_problems=48, eval_samples=4, shift_problems=24, shift_samples=2,
@@ -47,67 +45,21 @@ FULL = dict(preset="default", grpo_steps=200, eval_problems=200, eval_samples=8,
             cross_problems=100, cross_samples=4, cross_values="0.005,0.01,0.02,0.05,0.1", sft_problems=512, sft_steps=200)
 
 
-def _wandb_mode() -> str | None:
-    """'online' if the user is logged in, 'offline' if wandb is installed but not set up, None if absent."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return None
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
-    return "online" if logged_in else "offline"
-
-
-def reporting_backend(out: Path, project: str) -> str:
-    """`report_to` for the demo's training runs: wandb (online if logged in, else offline under `out`),
-    or tensorboard when wandb is absent or `WANDB_MODE=disabled`. Sets the WANDB_* variables it needs."""
-    wandb_mode = _wandb_mode()
-    if wandb_mode is None:
-        return "tensorboard"
-    os.environ["WANDB_MODE"] = wandb_mode
-    os.environ.setdefault("WANDB_DIR", str(out))
-    os.environ.setdefault("WANDB_PROJECT", project)
-    return "wandb" if wandb_mode != "disabled" else "tensorboard"
-
-
-class Stages:
-    """Runs named stages once: a stage is done when `<out>/<name>/.done` exists."""
-
-    def __init__(self, out: Path, force: bool):
-        self.out, self.force, self.times = out, force, {}
-
-    def run(self, name: str, fn) -> Path:
-        path = self.out / name
-        done = path / ".done"
-        if done.exists() and not self.force:
-            logger.info("[demo] %s: already done, reusing %s", name, path)
-            return path
-        logger.info("[demo] %s: starting", name)
-        start = time.monotonic()
-        path.mkdir(parents=True, exist_ok=True)
-        fn(path)
-        self.times[name] = round(time.monotonic() - start, 1)
-        done.write_text(json.dumps({"seconds": self.times[name]}))
-        logger.info("[demo] %s: done in %.0f s", name, self.times[name])
-        return path
-
-
-def _train_grpo(base: Path, out: Path, extra: list[str], steps: int, seed: int, report_to: str) -> None:
-    cmd = [sys.executable, "-m", "train.grpo", "--config", str(RECIPE), "--model_name_or_path", str(base),
-           "--output_dir", str(out), "--max_steps", str(steps), "--seed", str(seed), "--report_to", report_to,
-           "--save_steps", str(max(steps // 2, 1)), "--resume_from_checkpoint", "true", "--eval_num_samples", "0",
-           *extra]
-    logger.info("[demo] %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+def _train_grpo(base: Path, out: Path, variant: dict, steps: int, seed: int, report_to: str) -> None:
+    run_grpo(RECIPE, {"model_name_or_path": str(base), "output_dir": str(out), "max_steps": steps, "seed": seed,
+                      "report_to": [report_to], "save_steps": max(steps // 2, 1), "resume_from_checkpoint": "true",
+                      "eval_num_samples": 0, **variant}, tag="demo")
 
 
 def _eval(model: Path, out_file: Path, problems: int, samples: int, seed: int) -> dict:
+    """mean@K of one model, scored with the GRPO runs' reward settings (the recipe's: every model alike)."""
     from train.evaluate import main as eval_main
+    from train.grpo import recipe_reward_settings
 
+    rewards = recipe_reward_settings(RECIPE)
     eval_main(["--model", str(model), "--split", "test", "--limit", str(problems), "--num-samples", str(samples),
-               "--sample-temperature", "1.0", "--seed", str(seed), "--output", str(out_file)])
+               "--sample-temperature", "1.0", "--seed", str(seed), "--extraction", rewards.extraction,
+               "--output", str(out_file)])
     return json.loads(out_file.read_text())
 
 
@@ -281,31 +233,6 @@ def render_markdown(s: dict) -> str:
         f"Total time {s['seconds'] / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _img(path: Path) -> str:
-    if not path.exists():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" style="max-width:720px"><figcaption>{path.parent.name}/' \
-           f'{path.name}</figcaption></figure>'
-
-
-def report_page(title: str, body: str, summary: dict, *, shifts_dirs: dict, cross_dir: Path) -> str:
-    """One self-contained HTML report: `body` (already HTML), links to each shift run's token report,
-    every PNG of the shift and cross-sampling folders inlined, and `summary` as JSON. Both demos use it."""
-    import html
-
-    figs = [_img(p) for d in shifts_dirs.values() for p in sorted(d.glob("*.png"))] + \
-           [_img(p) for p in sorted(cross_dir.glob("*.png"))]
-    links = "".join(f'<li><a href="{d.name}/report.html">{d.name}: token-level report</a></li>'
-                    for d in shifts_dirs.values())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px}"
-            "table{border-collapse:collapse}pre{white-space:pre-wrap}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1>{body}<h2>Token-level reports</h2><ul>{links}</ul>"
-            f"<h2>Plots</h2>{''.join(figs)}<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}"
-            "</pre></body></html>")
 
 
 def render_html(s: dict, out: Path, *, shifts_dirs: dict, cross_dir: Path) -> str:

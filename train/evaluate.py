@@ -32,10 +32,11 @@ logger = logging.getLogger(__name__)
 
 
 def _score_batch(completions: list[str], golds: list[str], extraction: str = "lenient",
-                 finished: list[bool] | None = None) -> list[float]:
+                 finished: list[bool] | None = None, timeout: float | None = None) -> list[float]:
     from rewards.math import score_batch
 
-    return list(score_batch(completions, golds, extraction=extraction, finished=finished))
+    kwargs = {} if timeout is None else {"timeout": timeout}
+    return list(score_batch(completions, golds, extraction=extraction, finished=finished, **kwargs))
 
 
 def _load(model_or_path, tokenizer, *, dtype="float32", device="auto"):
@@ -94,8 +95,8 @@ def _generate(model, tokenizer, texts: list[str], *, do_sample: bool, temperatur
 
 def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int = 8, temperature: float = 1.0,
                    top_p: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
-                   greedy: bool = False, progress: bool = True, extraction: str = "lenient", dtype: str = "float32",
-                   device: str | None = "auto") -> dict:
+                   greedy: bool = False, progress: bool = True, extraction: str = "lenient",
+                   timeout: float | None = None, dtype: str = "float32", device: str | None = "auto") -> dict:
     """Sample `num_samples` completions per problem of `dataset` and score them against `answer`.
 
     Args:
@@ -107,6 +108,8 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         greedy: additionally decode greedily once per problem and report `greedy` accuracy.
         seed: torch seed for sampling (same seed + batch size -> same samples).
         extraction: the reward's answer extraction, "lenient" (default) or "strict" (`rewards.math`).
+        timeout: seconds the verifier may spend on one completion (None: `rewards.math`'s default). A training
+            run passes both from its `train.reward_settings.RewardSettings.evaluation_kwargs()`.
         dtype, device: for a path (`diagnostics.models.load_model`); a model object is used where it is.
 
     Returns:
@@ -139,7 +142,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
     completions, finished = _generate(model, tokenizer, texts, do_sample=temperature > 0, temperature=temperature,
                             top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=f"eval: {n} problems x {k} samples", progress=progress)
-    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction, finished)  # (N*K,)
+    scores = _score_batch(completions, [g for g in golds for _ in range(k)], extraction, finished, timeout)  # (N*K,)
     per_problem = []
     for i, row in enumerate(rows):
         s = scores[i * k:(i + 1) * k]
@@ -160,7 +163,7 @@ def evaluate_model(model_or_path, dataset, *, tokenizer=None, num_samples: int =
         greedy_out, greedy_finished = _generate(model, tokenizer, prompts, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=max_new_tokens, batch_size=batch_size,
                                desc=f"eval: {n} problems greedy", progress=progress)
-        greedy_scores = _score_batch(greedy_out, golds, extraction, greedy_finished)
+        greedy_scores = _score_batch(greedy_out, golds, extraction, greedy_finished, timeout)
         for p, c, s, f in zip(per_problem, greedy_out, greedy_scores, greedy_finished):
             p["greedy_completion"], p["greedy_score"], p["greedy_finished"] = c, s, f
         result["greedy"] = sum(greedy_scores) / n

@@ -134,28 +134,23 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
     return text
 
 
-def build_reward_funcs(script_args: GRPOScriptArguments, training_args) -> list:
-    from rewards.registry import get_reward_funcs
+def reward_settings(script_args: GRPOScriptArguments, training_args):
+    """The run's one `train.reward_settings.RewardSettings`: TRL's reward functions and every evaluation use it."""
+    from train.reward_settings import RewardSettings
 
-    if not script_args.reward_funcs:
-        raise ValueError("reward_funcs is empty. Fix: pass e.g. --reward_funcs accuracy")
-    weights = training_args.reward_weights
-    if weights is not None and len(weights) != len(script_args.reward_funcs):
-        raise ValueError(
-            f"reward_weights has {len(weights)} values for {len(script_args.reward_funcs)} reward_funcs "
-            f"{script_args.reward_funcs}. Fix: give one weight per reward function, in the same order"
-        )
-    names = list(script_args.reward_funcs)
-    options: dict = {}
-    if "accuracy" in names:
-        options["timeout"] = script_args.reward_timeout
-        options["extraction"] = training_args.extraction
-        # completions at the cap without a final EOS are `truncated`: no lenient fallback (rewards.registry)
-        options["max_completion_length"] = training_args.max_completion_length
-    if "overlong" in names:
-        options["max_completion_length"] = training_args.max_completion_length
-        options["overlong_buffer"] = script_args.overlong_buffer
-    return get_reward_funcs(names, **options)
+    return RewardSettings.from_args(script_args, training_args)
+
+
+def recipe_reward_settings(recipe: str | Path):
+    """The `RewardSettings` a YAML recipe trains with (parsed exactly as a run of it would be), e.g. to evaluate
+    models a pipeline did not train with GRPO (the base, SFT) as its GRPO runs are scored."""
+    script_args, training_args, _ = parse_args(["--config", str(recipe), "--output_dir", "unused"])
+    return reward_settings(script_args, training_args)
+
+
+def build_reward_funcs(script_args: GRPOScriptArguments, training_args) -> list:
+    """TRL's reward functions, from `reward_settings` (validates names, weights, extraction)."""
+    return reward_settings(script_args, training_args).reward_funcs_list()
 
 
 def load_split(script_args: GRPOScriptArguments, split: str, num_samples: int | None):
@@ -168,8 +163,9 @@ def load_split(script_args: GRPOScriptArguments, split: str, num_samples: int | 
     )
 
 
-def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, callbacks=None):
-    """Data, rewards, model kwargs, PEFT -> `DivergenceWeightedGRPOTrainer` (validates everything)."""
+def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, callbacks=None, rewards=None):
+    """Data, rewards (`rewards`: the run's `RewardSettings`, default `reward_settings(...)`), model kwargs, PEFT ->
+    `DivergenceWeightedGRPOTrainer` (validates everything)."""
     from trl import get_peft_config, get_quantization_config
 
     from train.trainer import DivergenceWeightedGRPOTrainer
@@ -191,7 +187,8 @@ def build_trainer(script_args: GRPOScriptArguments, training_args, model_args, c
     training_args.model_init_kwargs = model_init_kwargs
 
     train_dataset = load_split(script_args, script_args.dataset_train_split, script_args.num_train_samples)
-    reward_funcs = build_reward_funcs(script_args, training_args)
+    rewards = rewards if rewards is not None else reward_settings(script_args, training_args)
+    reward_funcs = rewards.reward_funcs_list()
     return DivergenceWeightedGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -206,9 +203,10 @@ def attach_shift_probe(trainer, script_args: GRPOScriptArguments, training_args,
     """`shift_probe_every_n_steps > 0`: attach `ShiftDiagnosticsCallback` (shift_probe/* every N steps and at
     each save; see `DivergenceGRPOConfig.shift_probe_*`). Returns the callback, or None when off.
 
-    Base: the trainer's frozen base model when it holds one (prepared like the policy, so DDP / ZeRO-2 / ZeRO-3
-    work without a second copy); with PEFT (base = the adapter-disabled policy) the base path is loaded once;
-    with source 'old' (no base loaded) the policy's step-0 weights are snapshotted.
+    Base: the trainer's `base` (`train.base_model.BaseModel`: prepared like the policy, so DDP / ZeRO-2 / ZeRO-3
+    work without a second copy; with PEFT the policy under its initial adapter); with source 'old' (no base)
+    the policy's step-0 weights are snapshotted. Divergence settings: the trainer's `divergence_settings`, so
+    `shift_probe/*` is the same computation as `shift/*`.
     """
     if training_args.shift_probe_every_n_steps <= 0:
         return None
@@ -225,20 +223,17 @@ def attach_shift_probe(trainer, script_args: GRPOScriptArguments, training_args,
         probe = source
     generation = {"max_new_tokens": training_args.max_completion_length, "temperature": training_args.temperature,
                   "top_p": training_args.top_p, "seed": training_args.seed}
-    from_trainer = getattr(trainer, "base_model", None) is not None
-    base = None
-    if not from_trainer and trainer._base_is_policy_adapterless:  # PEFT: load the base weights once for the probe
-        base = training_args.base_model_name_or_path or model_args.model_name_or_path
-    callback = ShiftDiagnosticsCallback(
-        probe, base_model=base, every_n_steps=training_args.shift_probe_every_n_steps, evaluate_on_save=True,
-        chunk_size=training_args.divergence_chunk_size, high_js=training_args.high_divergence_threshold,
-        probe_generation=generation,
+    from_trainer = trainer.base is not None  # the trainer's answer to "what is the base" (PEFT context included)
+    callback = ShiftDiagnosticsCallback(  # base None (source 'old'): the policy's step-0 weights are snapshotted
+        probe, base_model=None, every_n_steps=training_args.shift_probe_every_n_steps, evaluate_on_save=True,
+        divergence=trainer.divergence_settings, probe_generation=generation,
     )
     return callback.attach(trainer, base_from_trainer=from_trainer)
 
 
-def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -> dict | None:
-    """mean@K / pass@K of the trained model on the held-out split; main process only.
+def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args, rewards=None) -> dict | None:
+    """mean@K / pass@K of the trained model on the held-out split, scored with the training reward settings
+    (`rewards`, default `reward_settings(...)`: the extraction and verifier timeout); main process only.
 
     Sharded runs (ZeRO-3 / FSDP) evaluate the consolidated model saved in `output_dir`, loaded by rank 0
     alone in the training dtype on its device, and generation runs, inside `train.standalone.standalone()`
@@ -272,6 +267,7 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
                 temperature=script_args.eval_temperature, top_p=script_args.eval_top_p,
                 max_new_tokens=script_args.eval_max_new_tokens or training_args.max_completion_length,
                 batch_size=script_args.eval_batch_size, seed=training_args.seed,
+                **(rewards if rewards is not None else reward_settings(script_args, training_args)).evaluation_kwargs(),
             )
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
         path = Path(training_args.output_dir) / "final_eval.json"
@@ -286,7 +282,10 @@ def final_evaluation(trainer, script_args: GRPOScriptArguments, training_args) -
 
 def run(script_args: GRPOScriptArguments, training_args, model_args, *, callbacks=None) -> dict:
     """Train, save, evaluate. Returns {'train': train metrics, 'eval': final evaluation or None}."""
-    trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
+    rewards = reward_settings(script_args, training_args)  # built once: TRL's reward functions and the evaluation
+    trainer = build_trainer(script_args, training_args, model_args, callbacks=callbacks, rewards=rewards)
+    if trainer.args.should_save:
+        rewards.save(training_args.output_dir)  # next to final_eval.json
     attach_shift_probe(trainer, script_args, training_args, model_args)
     trainer.accelerator.print(
         f"divergence: source {training_args.divergence_source!r}, measure {training_args.divergence_measure!r}, "
@@ -297,7 +296,8 @@ def run(script_args: GRPOScriptArguments, training_args, model_args, *, callback
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the full log_history (shift/ metrics included)
     trainer.accelerator.print(f"model and tokenizer saved to {training_args.output_dir}")
-    eval_result = final_evaluation(trainer, script_args, training_args) if script_args.eval_num_samples > 0 else None
+    eval_result = final_evaluation(trainer, script_args, training_args, rewards) if script_args.eval_num_samples > 0 \
+        else None
     trainer.end()  # finish trackers, destroy the process group: nothing collective may follow
     return {"train": train_result.metrics, "eval": eval_result}
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -157,16 +155,16 @@ def rescore(res: dict, tokenizer=None, max_new_tokens: int | None = None) -> dic
 
 def train_grpo(base: Path, data_dir: Path, out: Path, extra: list[str], cfg: dict, seed: int, gpu: bool,
                report_to: str) -> None:
-    device = ["--use_cpu", "false", "--bf16", "true", "--dtype", "bfloat16"] if gpu else []
-    cmd = [sys.executable, "-m", "train.grpo", "--config", str(RECIPE), "--model_name_or_path", str(base),
-           "--dataset_name", str(data_dir), "--output_dir", str(out), "--max_steps", str(cfg["grpo_steps"]),
-           "--per_device_train_batch_size", str(cfg["prompts_per_step"] * cfg["num_generations"]),
-           "--num_generations", str(cfg["num_generations"]), "--learning_rate", str(cfg["learning_rate"]),
-           "--max_completion_length", str(cfg["max_new_tokens"]), "--temperature", str(cfg["temperature"]),
-           "--reward_funcs", *cfg["rewards"].split(","), "--reward_weights", *cfg["reward_weights"].split(","),
-           "--seed", str(seed), "--report_to", report_to, "--eval_num_samples", "0", *device, *extra]
-    logger.info("[real demo] %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    from train.pipeline import run_grpo
+
+    device = {"use_cpu": False, "bf16": True, "dtype": "bfloat16"} if gpu else {}
+    run_grpo(RECIPE, {"model_name_or_path": str(base), "dataset_name": str(data_dir), "output_dir": str(out),
+                      "max_steps": cfg["grpo_steps"],
+                      "per_device_train_batch_size": cfg["prompts_per_step"] * cfg["num_generations"],
+                      "num_generations": cfg["num_generations"], "learning_rate": cfg["learning_rate"],
+                      "max_completion_length": cfg["max_new_tokens"], "temperature": cfg["temperature"],
+                      "reward_funcs": cfg["rewards"].split(","), "reward_weights": cfg["reward_weights"].split(","),
+                      "seed": seed, "report_to": [report_to], "eval_num_samples": 0, **device}, extra, tag="real demo")
 
 
 def step_seconds(run_dir: Path) -> float | None:
@@ -196,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.demo import Stages, reporting_backend
+    from train.pipeline import Stages, reporting_backend
     from train.real_world import SPLITS, check_folder, setup
 
     args = build_parser().parse_args(argv)
@@ -381,7 +379,7 @@ def render_markdown(s: dict) -> str:
 def render_html(s: dict, md: str, *, shifts_dirs: dict, cross_dir: Path) -> str:
     import html
 
-    from train.demo import report_page
+    from train.pipeline import report_page
 
     return report_page("sparse-rlvr demo: the real world", f"<pre>{html.escape(md)}</pre>", s,
                        shifts_dirs=shifts_dirs, cross_dir=cross_dir)

@@ -42,14 +42,23 @@ import torch
 
 __all__ = [
     "WEIGHTING_REGISTRY",
-    "TOKEN_LOCAL_WEIGHTINGS",
     "RENORMALIZE_MODES",
+    "SCALE_FLOOR",
+    "WEIGHTING_STATE_NAME",
+    "call_seed",
+    "load_weighting_state",
+    "save_weighting_state",
+    "Weighting",
+    "is_scaled",
+    "is_token_local",
+    "scaled_weightings",
+    "weighting_help",
+    "weighting_parameters",
     "WeightingParams",
     "register_weighting",
     "get_weighting",
     "renormalize",
     "compute_weights",
-    "SCALED_WEIGHTINGS",
     "ScaleReference",
     "quantile",
 ]
@@ -78,41 +87,99 @@ class WeightingParams:
 
 
 WeightingFn = Callable[[torch.Tensor, torch.Tensor, WeightingParams], torch.Tensor]
-WEIGHTING_REGISTRY: dict[str, WeightingFn] = {}
 RENORMALIZE_MODES = ("none", "sequence", "batch")
+PARAMETER_FIELDS = {"alpha": "weighting_alpha", "s": "weighting_s", "scale": "weighting_scale",
+                    "w_min": "weighting_min", "w_max": "weighting_max", "rho": "weighting_rho",
+                    "seed": "weighting_seed"}  # WeightingParams field -> DivergenceGRPOConfig field
 
 
-TOKEN_LOCAL_WEIGHTINGS: set[str] = set()  # w_{i,t} depends on D_{i,t} alone (not on the rest of the batch)
+@dataclass(frozen=True)
+class Weighting:
+    """One registered weighting: the function and everything the config, `--help` and the trainer know of it.
+
+    fn: `fn(div (B,T), mask (B,T), params) -> (B,T)`; help: one line for `--weighting`'s help text;
+    token_local: each weight depends on its own token's D only (the trainer may weight loss-time micro-batches
+    separately); scaled: reads `params.scale` (so `weighting_scale='auto'` applies); parameters: the
+    `WeightingParams` fields it reads (the config validates those).
+    """
+
+    name: str
+    fn: WeightingFn
+    help: str = ""
+    token_local: bool = False
+    scaled: bool = False
+    parameters: tuple[str, ...] = ()
+
+    def __call__(self, div, mask, params):
+        return self.fn(div, mask, params)
 
 
-def register_weighting(name: str, *, token_local: bool = False) -> Callable[[WeightingFn], WeightingFn]:
+WEIGHTING_REGISTRY: dict[str, Weighting] = {}
+
+
+def register_weighting(name: str, *, help: str = "", token_local: bool = False, scaled: bool = False,
+                       parameters: tuple[str, ...] = ()) -> Callable[[WeightingFn], WeightingFn]:
     """Register `fn(div (B,T), mask (B,T), params) -> (B,T)` under `name`; a second `name` raises.
 
-    `token_local=True` declares that each weight depends on its own token's D only, so the weights of
-    a batch equal the concatenated weights of its parts (the trainer may then weight each loss-time
-    micro-batch separately). Leave it False for anything that ranks, averages or samples over tokens.
+    This registration is the single source of a weighting's facts: `help` (shown in `--weighting`'s help and the
+    docs), `scaled` (reads `params.scale`, so `weighting_scale='auto'` applies), `parameters` (the
+    `WeightingParams` fields it reads; the config validates their ranges) and `token_local` (each weight
+    depends on its own token's D only, so the weights of a batch equal the concatenated weights of its parts
+    and the trainer may weight each loss-time micro-batch separately; leave it False for anything that ranks,
+    averages or samples over tokens).
     """
+    unknown = set(parameters) - set(PARAMETER_FIELDS)
+    if unknown:
+        raise ValueError(f"weighting {name!r}: unknown parameters {sorted(unknown)}; valid: {sorted(PARAMETER_FIELDS)}")
 
     def deco(fn: WeightingFn) -> WeightingFn:
         if name in WEIGHTING_REGISTRY:
             raise ValueError(
-                f"weighting {name!r} is already registered ({WEIGHTING_REGISTRY[name].__name__}); pick another name"
+                f"weighting {name!r} is already registered ({WEIGHTING_REGISTRY[name].fn.__name__}); pick another name"
             )
-        WEIGHTING_REGISTRY[name] = fn
-        if token_local:
-            TOKEN_LOCAL_WEIGHTINGS.add(name)
+        params = tuple(parameters) + (("scale",) if scaled and "scale" not in parameters else ())
+        WEIGHTING_REGISTRY[name] = Weighting(name, fn, help, token_local, scaled, params)
         return fn
 
     return deco
 
 
-def get_weighting(name: str) -> WeightingFn:
+def get_weighting(name: str) -> Weighting:
     try:
         return WEIGHTING_REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"unknown weighting {name!r}; valid weightings: {', '.join(sorted(WEIGHTING_REGISTRY))}"
         ) from None
+
+
+def _fact(name: str, attr: str, default):
+    """A registered fact of weighting `name` (a bare function put in the registry gets the defaults)."""
+    return getattr(get_weighting(name), attr, default)
+
+
+def is_scaled(name: str) -> bool:
+    """The weighting reads `params.scale` (so `weighting_scale='auto'` applies to it)."""
+    return bool(_fact(name, "scaled", False))
+
+
+def is_token_local(name: str) -> bool:
+    return bool(_fact(name, "token_local", False))
+
+
+def weighting_parameters(name: str) -> tuple[str, ...]:
+    """The `WeightingParams` fields weighting `name` reads."""
+    return tuple(_fact(name, "parameters", ()))
+
+
+def scaled_weightings() -> tuple[str, ...]:
+    return tuple(n for n in sorted(WEIGHTING_REGISTRY) if is_scaled(n))
+
+
+def weighting_help() -> str:
+    """`--weighting`'s help text, from the registry (one edit in this file adds a weighting everywhere)."""
+    items = [f"'{n}' {_fact(n, 'help', '') or '(no description)'}" for n in WEIGHTING_REGISTRY]
+    return "Advantage-weighting function, from train.weighting's registry: " + ", ".join(items) + "."
 
 
 def _valid(mask: torch.Tensor) -> torch.Tensor:
@@ -129,13 +196,15 @@ def _neutral_outside(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-@register_weighting("none", token_local=True)
+@register_weighting("none", token_local=True, help="(exactly TRL GRPO)")
 def weight_none(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = 1 everywhere: the trainer then reproduces TRL's GRPO exactly."""
     return torch.ones_like(div, dtype=torch.float32)
 
 
-@register_weighting("sigmoid", token_local=True)
+@register_weighting("sigmoid", token_local=True, scaled=True, parameters=("alpha", "s"),
+                    help="w = 1 + s*(sigmoid(alpha*D/scale) - 1/2) (arXiv 2603.22446; alpha > 0 high-divergence boost, "
+                         "alpha < 0 low-divergence boost)")
 def weight_sigmoid(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = 1 + s·(σ(α·D / scale) − ½)  (Meng et al. 2603.22446, with D in units of `scale`).
 
@@ -147,7 +216,8 @@ def weight_sigmoid(div: torch.Tensor, mask: torch.Tensor, params: WeightingParam
     return _neutral_outside(w, mask)
 
 
-@register_weighting("linear", token_local=True)
+@register_weighting("linear", token_local=True, scaled=True, parameters=("alpha", "w_min", "w_max"),
+                    help="w = clip(1 + alpha*D/scale, w_min, w_max)")
 def weight_linear(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = clip(1 + α·D / scale, w_min, w_max). D = 0 gives exactly 1 (if 1 is inside the clip range)."""
     if params.scale <= 0:
@@ -156,7 +226,7 @@ def weight_linear(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams
     return _neutral_outside(w, mask)
 
 
-@register_weighting("normalized")
+@register_weighting("normalized", help="w = D/mean(D)")
 def weight_normalized(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """w = D / mean(D over valid tokens); mean 1 by construction. A zero mean gives NaN -> fallback 1."""
     valid = _valid(mask)
@@ -181,7 +251,9 @@ def _keep_k(scores: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tenso
     return keep.reshape(scores.shape)
 
 
-@register_weighting("top_quantile")
+@register_weighting("top_quantile", parameters=("rho",),
+                    help="(only the top rho fraction of tokens by D carry the advantage; cf. the 80/20 entropy rule, "
+                         "arXiv 2506.01939)")
 def weight_top_quantile(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """Only the ⌈ρ·N⌉ highest-divergence valid tokens carry the advantage (w = 1), the rest w = 0.
 
@@ -191,7 +263,8 @@ def weight_top_quantile(div: torch.Tensor, mask: torch.Tensor, params: Weighting
     return _neutral_outside(_keep_k(scores, mask, params.rho), mask)
 
 
-@register_weighting("random_quantile")
+@register_weighting("random_quantile", parameters=("rho", "seed"),
+                    help="(same rho, random tokens: the control)")
 def weight_random_quantile(div: torch.Tensor, mask: torch.Tensor, params: WeightingParams) -> torch.Tensor:
     """The control for `top_quantile`: the same number ⌈ρ·N⌉ of valid tokens, chosen uniformly at random."""
     gen = torch.Generator(device="cpu").manual_seed(int(params.seed))
@@ -203,7 +276,7 @@ def weight_random_quantile(div: torch.Tensor, mask: torch.Tensor, params: Weight
 # Scale reference (weighting_scale="auto")
 # --------------------------------------------------------------------------------------------------
 
-SCALED_WEIGHTINGS = ("sigmoid", "linear")  # the registered weightings that read `params.scale`
+SCALE_FLOOR = 1e-6  # D quantiles at or below this are numerical noise, never a D_ref (see ScaleReference)
 
 
 def quantile(values: torch.Tensor, q: float) -> float:
@@ -229,22 +302,28 @@ class ScaleReference:
     weights use the D_ref of the batches before it) takes `b = quantile(|D| over valid tokens, q)`, then
         D_ref ← b                              (first update with b > 0)
         D_ref ← (1 − r)·D_ref + r·b            (later ones; r = `ema`, the EMA rate)
-    A batch whose quantile is 0 or not finite (e.g. step 1 of a run whose base is the policy itself, where
-    D ≡ 0) leaves D_ref unchanged; while D_ref is undefined `scale()` is `inf`, i.e. every weight is 1.
+    A batch whose quantile is not above `floor` (default `SCALE_FLOOR` = 1e-6) or not finite leaves D_ref
+    unchanged: step 1 of a run whose base is the policy itself has D ≡ 0, and a base that differs from the
+    policy by rounding only (e.g. a 16-bit base against a policy whose LM head runs in float32) gives D of
+    order 1e-8, which as D_ref would saturate every weight at the next step. Float32 JS carries about 1e-7
+    of rounding per token, so 1e-6 is the smallest D quantile that says something about the models; while D_ref is undefined `scale()` is `inf`, i.e. every weight is 1.
     The caller passes the same values on every process (the trainer gathers them), so `D_ref` is identical
     on every rank; `state_dict` / `load_state_dict` carry it across checkpoints.
 
     Args:
         q: quantile in (0, 1] (default 0.99).
         ema: EMA rate r in (0, 1] (1 = the current batch's quantile only).
+        floor: batch quantiles <= floor are ignored (numerical noise), >= 0.
     """
 
-    def __init__(self, q: float = 0.99, ema: float = 0.1):
+    def __init__(self, q: float = 0.99, ema: float = 0.1, floor: float = SCALE_FLOOR):
         if not 0.0 < q <= 1.0:
             raise ValueError(f"weighting_scale_quantile={q} must be in (0, 1]")
         if not 0.0 < ema <= 1.0:
             raise ValueError(f"weighting_scale_ema={ema} must be in (0, 1]")
-        self.q, self.ema = q, ema
+        if not floor >= 0.0:
+            raise ValueError(f"ScaleReference floor={floor} must be >= 0")
+        self.q, self.ema, self.floor = q, ema, floor
         self.value: float | None = None  # D_ref
         self.num_updates = 0  # updates that changed D_ref
 
@@ -255,7 +334,7 @@ class ScaleReference:
         if d.numel() == 0:
             return self.value
         b = quantile(d, self.q)
-        if not (math.isfinite(b) and b > 0.0):
+        if not (math.isfinite(b) and b > self.floor):
             return self.value
         self.value = b if self.value is None else (1.0 - self.ema) * self.value + self.ema * b
         self.num_updates += 1
@@ -271,6 +350,46 @@ class ScaleReference:
     def load_state_dict(self, state: dict) -> None:
         self.value = None if state.get("value") is None else float(state["value"])
         self.num_updates = int(state.get("num_updates", 0))
+
+
+WEIGHTING_STATE_NAME = "divergence_weighting_state.json"  # in every checkpoint-* folder
+
+
+def call_seed(weighting_seed: int, global_step: int, call_index: int, mode: str, process_index: int) -> int:
+    """The seed of one weighting call (random_quantile): a function of checkpointed or fixed state only (the
+    config's seed, the global step, the call's index within that step, train/eval, the process), so a resumed
+    run draws the same tokens as an uninterrupted one."""
+    return (weighting_seed * 1_000_003 + global_step * 7_919 + call_index * 31 + (0 if mode == "train" else 104_729)
+            + process_index * 15_485_863) % (2**63 - 1)
+
+
+def save_weighting_state(folder, scale_reference: ScaleReference) -> None:
+    """Write the weighting state that is not a function of the config and the global step (D_ref) into a
+    `checkpoint-*` folder, so a resumed run weights exactly as an uninterrupted one."""
+    import json
+    import os
+
+    with open(os.path.join(folder, WEIGHTING_STATE_NAME), "w") as f:
+        json.dump({"format": 1, "scale_reference": scale_reference.state_dict()}, f, indent=2)
+
+
+def load_weighting_state(checkpoint, scale_reference: ScaleReference, *, warn_if_missing: bool) -> bool:
+    """Restore D_ref from `checkpoint`'s weighting state; returns False (warning if `warn_if_missing`: the run
+    then differs from an uninterrupted one) when the checkpoint has none (an older version's)."""
+    import json
+    import os
+    import warnings
+
+    path = os.path.join(checkpoint, WEIGHTING_STATE_NAME)
+    if not os.path.isfile(path):
+        if warn_if_missing:
+            warnings.warn(f"{checkpoint} has no {WEIGHTING_STATE_NAME} (a checkpoint from an older version): D_ref "
+                          "of weighting_scale='auto' restarts from the next batch, so this run differs from an "
+                          "uninterrupted one.", stacklevel=3)
+        return False
+    with open(path) as f:
+        scale_reference.load_state_dict(json.load(f).get("scale_reference", {}))
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

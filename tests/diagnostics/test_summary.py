@@ -102,7 +102,7 @@ def test_scalar_metrics_flat_floats_and_empty_high_set():
     assert flat["js_p50"] == pytest.approx(0.0)
     assert flat["realloc_frac_in_base_top3"] == pytest.approx(0.5)
     # nothing above 0.5: reallocation undefined -> None in JSON, NaN in scalars (keys stay stable)
-    s = summarize(_table(), high_js=0.5)
+    s = summarize(_table(), high_divergence_threshold=0.5)
     assert s["reallocation"]["frac_top1_equal"] is None
     flat2 = scalar_metrics(s)
     assert set(flat2) == set(flat) and math.isnan(flat2["realloc_frac_top1_equal"])

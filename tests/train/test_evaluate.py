@@ -29,7 +29,7 @@ def test_mean_and_pass_at_k_hand_computed(tiny_model_dir, four_problems, monkeyp
     fixed = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     seen = {}
 
-    def fake_score(completions, golds, extraction="lenient", finished=None):
+    def fake_score(completions, golds, extraction="lenient", finished=None, timeout=None):
         seen["golds"], seen["finished"] = golds, finished
         return fixed[:len(completions)]
 

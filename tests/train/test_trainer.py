@@ -15,6 +15,7 @@ from diagnostics.callbacks import ShiftDiagnosticsCallback
 from diagnostics.probe import build_probe_set
 from diagnostics.shift_stats import stat_names
 from train.config import DivergenceGRPOConfig
+from train.launch import check_launch
 from train.tiny_world import random_tiny_model
 from train.trainer import DivergenceWeightedGRPOTrainer, shift_metrics
 
@@ -71,8 +72,8 @@ def test_weighting_none_matches_trl_loss_and_grads(reuse, tiny_tokenizer, prompt
     else:
         assert in_a["advantages"].shape == in_a["completion_ids"].shape  # ours is (B, T)
         assert torch.equal(in_a["advantages"], in_b["advantages"][:, None].expand_as(in_a["advantages"]))
-    assert ours._last_weights.shape == in_a["completion_ids"].shape
-    assert torch.equal(ours._last_weights, torch.ones_like(ours._last_weights))
+    assert ours.last_weights.shape == in_a["completion_ids"].shape
+    assert torch.equal(ours.last_weights, torch.ones_like(ours.last_weights))
     assert torch.equal(loss_a, loss_b)
     for name in g_b:
         assert torch.equal(g_a[name], g_b[name]), name
@@ -84,7 +85,7 @@ def test_policy_equals_base_gives_zero_divergence_and_unit_weights(weighting, re
                                                                     prompts, tmp_path):
     tr = dw_trainer(str(tiny_model_dir), tiny_tokenizer, prompts, tmp_path, weighting=weighting,
                     divergence_reuse_loss_forward=reuse)
-    assert tr.base_model is not None and tr.base_model is not tr.model
+    assert tr.base is not None and tr.base.model is not tr.model
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1
     torch.manual_seed(0)
@@ -92,8 +93,8 @@ def test_policy_equals_base_gives_zero_divergence_and_unit_weights(weighting, re
     tr.compute_loss(tr.model, out)  # D-at-loss: the divergence, weights and metrics come from this step
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
     am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    assert torch.equal(tr._last_weights, torch.ones_like(tr._last_weights))  # exactly 1
-    assert tr._last_weights.shape == out["completion_ids"].shape
+    assert torch.equal(tr.last_weights, torch.ones_like(tr.last_weights))  # exactly 1
+    assert tr.last_weights.shape == out["completion_ids"].shape
     assert tr._metrics["train"]["shift/js_mean"] == [0.0]
     assert tr._metrics["train"]["shift/weight_frac_not_one"] == [0.0]
     stats = tr._base_vs_policy(ids, am, out["completion_ids"], out["completion_ids"].size(1), 2)
@@ -218,7 +219,7 @@ def test_short_training_run_logs_shift_and_updates(tiny_tokenizer, prompts, tmp_
     assert {k.split("/", 1)[1] for k in logged if k.startswith("shift_probe/")} >= names
     assert [h["step"] for h in tr.state.log_history if "shift_probe/js_p99" in h] == [1, 2]
     # the base stayed frozen at the initial weights
-    base = tr.base_model
+    base = tr.base.model
     assert all(not p.requires_grad for p in base.parameters())
     assert torch.equal(base.model.embed_tokens.weight, before["model.embed_tokens.weight"])  # tied with lm_head
     assert not torch.equal(tr.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
@@ -250,7 +251,7 @@ def test_old_source_gives_nontrivial_divergence(tiny_tokenizer, prompts, tmp_pat
     model = random_tiny_model(tiny_tokenizer, seed=0, hidden_size=16, num_layers=2, num_heads=2)
     tr = dw_trainer(model, tiny_tokenizer, prompts, tmp_path, divergence_source="old", num_iterations=2,
                     max_steps=2, weighting="sigmoid", weighting_alpha=50.0, weighting_scale=1.0)
-    assert tr.base_model is None  # no base model is loaded for the paper's π_old ‖ π_θ source
+    assert tr.base is None  # no base model is loaded for the paper's π_old ‖ π_θ source
     tr.train()
     logs = [h for h in tr.state.log_history if "shift/k3_mean" in h]
     assert logs[0]["shift/k3_mean"] == 0.0  # iteration 1: π_θ = π_old
@@ -296,7 +297,7 @@ def test_peft_base_is_initial_policy_for_every_beta(beta, how, tiny_model_dir, t
     div, adapter_effect = _peft_step0_divergence(tr, prompts)
     assert adapter_effect > 1e-3  # the adapter really changes the model: the adapter-disabled base would differ
     assert torch.equal(div, torch.zeros_like(div)), div.max()  # base == the policy's initial weights, exactly
-    assert tr.base_model is None and tr._base_is_policy_adapterless  # no second full model...
+    assert tr.base.is_policy_adapter and tr.base.model is tr.model  # no second full model...
     assert "ref" in tr.model.peft_config  # ...but a frozen copy of the initial adapter
     assert not any(p.requires_grad for n, p in tr.model.named_parameters() if ".ref." in n)
     assert any(p.requires_grad for n, p in tr.model.named_parameters() if ".default." in n)
@@ -409,7 +410,7 @@ def test_weighted_loss_equals_trl_loss_with_injected_advantages(weighting, reuse
     inputs = ours._generate_and_score_completions(batch_of(prompts))
     plain_adv = inputs["advantages"]  # (B,) at loss time; (B, T) already weighted after generation
     loss_ours, g_ours = _trl_loss_grads(ours, inputs)
-    weights = ours._last_weights  # (B, T): what our trainer applied
+    weights = ours.last_weights  # (B, T): what our trainer applied
     assert weights.shape == inputs["completion_ids"].shape
     mask = inputs["completion_mask"].bool()
     assert (weights[mask] - 1).abs().max() > 0.2  # far from a no-op
@@ -431,7 +432,7 @@ def _double_logits_hook(module, args, output):
 @pytest.mark.parametrize("reuse", [True, False], ids=["D-at-loss", "D-after-generation"])
 def test_hidden_logit_check_falls_back_to_full_forward(reuse, tiny_model_dir, tiny_policy_dir, tiny_tokenizer,
                                                       prompts, tmp_path):
-    """A policy whose forward transforms the logits in a way `_LOGIT_TRANSFORMS` does not know: the check on the
+    """A policy whose forward transforms the logits in a way `LOGIT_TRANSFORMS` does not know: the check on the
     first batch warns, switches to full forwards, and D then equals JS of the models' real (transformed) logits."""
     policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
     policy.lm_head.register_forward_hook(_double_logits_hook)
@@ -441,7 +442,7 @@ def test_hidden_logit_check_falls_back_to_full_forward(reuse, tiny_model_dir, ti
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="_LOGIT_TRANSFORMS"):
+    with pytest.warns(UserWarning, match="LOGIT_TRANSFORMS"):
         inputs = tr._prepare_inputs(batch_of(prompts))
         tr.compute_loss(tr.model, inputs)
     assert tr._dw_hidden_fallback and not tr._use_hidden_path(tr.model)
@@ -459,7 +460,7 @@ def test_hidden_logit_check_falls_back_to_full_forward(reuse, tiny_model_dir, ti
     # the test's autocast (bf16 on this CPU) runs the full forward's LM head in 16 bits: ~1e-4 on D ~ 1e-2
     assert torch.allclose(stats["div"].double(), js, atol=5e-4, rtol=0), (stats["div"].double() - js).abs().max()
     if reuse:  # the weights applied at loss time came from that D (after generation, rows were shuffled since)
-        assert torch.allclose(tr._last_weights[inputs["completion_mask"].bool()].double(),
+        assert torch.allclose(tr.last_weights[inputs["completion_mask"].bool()].double(),
                               (1 + torch.sigmoid(10 * stats["div"].double()) - 0.5)[inputs["completion_mask"].bool()],
                               atol=2e-3)
 
@@ -487,15 +488,10 @@ def test_launch_that_silently_differs_is_refused(env, state, match, monkeypatch)
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    fake = SimpleNamespace(
-        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]),
-                                    device="cpu"),
-        is_fsdp_enabled=False,
-    )
+    fake = SimpleNamespace(state=SimpleNamespace(distributed_type=state[0], num_processes=state[1]), device="cpu")
     with pytest.raises(ValueError, match=match):
-        DivergenceWeightedGRPOTrainer._check_launch(fake)
+        check_launch(fake, False)
     monkeypatch.delenv(next(iter(env)))
-    DivergenceWeightedGRPOTrainer._check_launch(SimpleNamespace(  # a proper 2-process DDP run passes
-        accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU",
-                                                          num_processes=2), device="cpu"),
-        is_fsdp_enabled=False))
+    ddp = SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.MULTI_GPU", num_processes=2),
+                          device="cpu")
+    check_launch(ddp, False)  # a proper 2-process DDP run passes

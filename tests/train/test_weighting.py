@@ -118,6 +118,36 @@ def test_registry(monkeypatch):
     assert torch.equal(w, 2 * torch.ones(2, 4))
 
 
+def test_one_registration_adds_a_weighting_everywhere(monkeypatch, tmp_path):
+    """A weighting's facts live in its registration only: the config's validation and auto-scale decision, the
+    `--weighting` help text, the trainer's loss-time decision (token_local) and compare's variants read them."""
+    from train.config import DivergenceGRPOConfig, new_fields
+
+    cubic = W.Weighting("cubic", lambda d, m, p: 1.0 + p.alpha * (d.float() / p.scale) ** 3, help="w = 1 + alpha*D^3",
+                        token_local=True, scaled=True, parameters=("alpha", "scale"))
+    monkeypatch.setitem(W.WEIGHTING_REGISTRY, "cubic", cubic)
+    assert "'cubic' w = 1 + alpha*D^3" in W.weighting_help()
+    assert W.is_scaled("cubic") and W.is_token_local("cubic") and "cubic" in W.scaled_weightings()
+    cfg = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], weighting="cubic")
+    assert cfg.auto_scale  # weighting_scale='auto' applies because the registration says scaled=True
+    w, _ = compute_weights("cubic", DIV, MASK, cfg.weighting_params(scale=0.1))
+    assert w[0, 1].item() == pytest.approx(1.0 + 10.0 * 1.0)  # D / scale = 1 at the second token
+    monkeypatch.setitem(W.WEIGHTING_REGISTRY, "cubic", W.Weighting("cubic", cubic.fn, parameters=("rho",)))
+    with pytest.raises(ValueError, match="weighting_rho"):  # validated because it declares rho
+        DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], weighting="cubic", weighting_rho=2.0)
+    # the config's help for `weighting` is the registry's text (built when train.config is imported)
+    help_text = next(f.metadata["help"] for f in new_fields() if f.name == "weighting")
+    assert all(f"'{name}'" in help_text for name in ("none", "sigmoid", "linear", "top_quantile"))
+
+
+def test_registration_records_facts():
+    assert W.weighting_parameters("top_quantile") == ("rho",)
+    assert W.is_scaled("sigmoid") and not W.is_scaled("normalized")
+    assert W.is_token_local("linear") and not W.is_token_local("random_quantile")
+    with pytest.raises(ValueError, match="unknown parameters"):
+        register_weighting("bad", parameters=("gamma",))
+
+
 # ------------------------------------------------------------------------------------------------
 # Scale reference (weighting_scale="auto")
 # ------------------------------------------------------------------------------------------------
@@ -147,7 +177,7 @@ def test_scale_reference_ema_hand():
         W.ScaleReference(q=0.5, ema=0.0)
 
 
-@pytest.mark.parametrize("name", W.SCALED_WEIGHTINGS)
+@pytest.mark.parametrize("name", W.scaled_weightings())
 def test_auto_scale_makes_weights_invariant_to_the_unit_of_d(name):
     """The point of weighting_scale='auto': D and c·D (another model, another measure) give the same weights."""
     gen = torch.Generator().manual_seed(0)
