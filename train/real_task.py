@@ -11,7 +11,10 @@ rollouts need few new tokens.
 
 Levels (`LEVELS`, a curriculum from easy to harder; the training file mixes them in equal parts, the
 held-out file holds `heldout_per_level` problems of each): `chain_sum` 2 terms of 1 digit (only 200
-distinct expressions exist: half of them go to the held-out file), 2 terms of 2 digits. Every
+distinct expressions exist: half of them go to the held-out file), 3 terms of 1 digit. Measured on
+the 4-bit model, bf16, 16 new tokens, this system prompt: 2 terms of 1 digit greedy 36% (50 problems),
+mean@4 at T = 0.7 15%; 3 terms greedy 10%, mean@4 5% (60 problems); 2 terms of 2 digits was 2-3%
+(too hard: no signal), so it is not a level. Every
 held-out expression is absent from the training file (checked by a test). Rows: question (the
 package's text), answer (its gold, an integer), level, expression, source_index. Read with
 `rewards.data.load_math_dataset(data_dir, "chain_sum_train", **DATA_COLUMNS, system_prompt=SYSTEM_PROMPT)`;
@@ -29,7 +32,7 @@ PACKAGE = ("reasoning-gym==0.1.25", "reasoning_gym")
 DATASET = "chain_sum"
 # (name, reasoning-gym chain_sum keyword arguments), easy to harder
 LEVELS = (("2x1", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
-          ("2x2", {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2}))
+          ("3x1", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}))
 SPLITS = {"train": "chain_sum_train", "heldout": "chain_sum_heldout"}
 DATA_COLUMNS = {"problem_column": "question", "answer_column": "answer", "gold_format": "plain"}
 SYSTEM_PROMPT = "Reply with only the number."

@@ -51,6 +51,7 @@ from diagnostics.divergence import DIVERGENCE_REGISTRY, get_sampled_estimator, p
 from diagnostics.models import check_same_vocabulary, load_model
 from diagnostics.shift_stats import DEFAULT_HIGH_THRESHOLD, shift_stats
 from train.config import UNSUPPORTED_LOSS_TYPES, DivergenceGRPOConfig
+from train.rollout import maybe_bf16_rollout  # issue 19: bf16 CPU rollouts
 from train.weighting import TOKEN_LOCAL_WEIGHTINGS, ScaleReference, compute_weights
 
 # config attributes that make the logits differ from `hidden @ W_head^T`: such models use the
@@ -128,6 +129,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         if args.divergence_source == "base":
             self._setup_base_model(model, initial_copy)
         self._dw_at_loss = self._reuse_loss_forward()
+        self._bf16_rollout = maybe_bf16_rollout(self)  # issue 19: bf16 CPU rollouts (train/rollout.py)
 
     def _check_launch(self) -> None:
         """Refuse a launch whose distributed setup silently differs from the one asked for.
@@ -488,6 +490,12 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------
     # Overrides
     # ----------------------------------------------------------------------------------------------
+
+    def _generate_single_turn(self, *pargs, **kwargs):  # issue 19: bf16 CPU rollouts (train/rollout.py)
+        if self._bf16_rollout is None:
+            return super()._generate_single_turn(*pargs, **kwargs)
+        with self._bf16_rollout.generating(self):
+            return super()._generate_single_turn(*pargs, **kwargs)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)

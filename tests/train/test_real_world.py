@@ -386,3 +386,50 @@ def test_rescore_truncated_completions():
     assert finished_of({**p, "finished": [True, False]}, tok, 4) == [True, False]  # saved flags win
     out = rescore({"num_samples": 2, "template_splits": ["train"], "problems": [p]}, tok, 4)
     assert out["problems"][0]["statuses"] == ["truncated", "ok"] and out["problems"][0]["rescored"] == [0.0, 1.0]
+
+
+@needs_packages
+def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path):
+    """`bf16=True` on CPU (the default CPU path, train/rollout.py): a bf16 copy of the policy generates,
+    re-synced once per optimizer step; the fp32 policy trains under autocast; divergence weighting,
+    `shift/*` and the shift probe still run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diagnostics.callbacks import ShiftDiagnosticsCallback
+    from rewards.data import load_math_dataset
+    from rewards.registry import get_reward_funcs
+    from train.config import DivergenceGRPOConfig
+    from train.rollout import BF16Rollout
+    from train.trainer import DivergenceWeightedGRPOTrainer
+
+    ds = load_math_dataset(str(gsm8k_dir), "gsm8k_test", num_samples=4, system_prompt=SYSTEM,
+                           **real_world.DATA_COLUMNS)
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, per_device_train_batch_size=4,
+                                num_generations=2, max_completion_length=8, max_steps=2, logging_steps=1, report_to=[],
+                                learning_rate=1e-3, save_strategy="no", seed=0, temperature=0.7,
+                                weighting="sigmoid", weighting_alpha=200.0)
+    tok = AutoTokenizer.from_pretrained(real_dir)
+    tr = DivergenceWeightedGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(real_dir),
+                                       reward_funcs=[*get_reward_funcs(["accuracy"]), _length_reward],
+                                       args=args, train_dataset=ds, processing_class=tok)
+    rollout = tr._bf16_rollout
+    assert isinstance(rollout, BF16Rollout) and next(rollout.copy.parameters()).dtype == torch.bfloat16
+    calls = []
+    rollout.copy.register_forward_hook(lambda m, a, o: calls.append(tr.state.global_step))
+    ShiftDiagnosticsCallback([r["prompt"] for r in ds][:2], tokenizer=tok, every_n_steps=1, evaluate_on_save=False,
+                             probe_generation={"max_new_tokens": 4}).attach(tr, base_from_trainer=True)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    tr.train()
+    policy = tr.accelerator.unwrap_model(tr.model)
+    assert next(policy.parameters()).dtype == torch.float32  # the trained weights stay fp32 (master weights)
+    assert all(not torch.equal(before[n], p) for n, p in policy.named_parameters() if n.startswith("model.layers.1"))
+    # generation ran on the copy at both steps (one forward per new token), synced once per step
+    assert set(calls) == {0, 1} and rollout.num_syncs == 2 and rollout.synced_step == 1
+    # the copy holds the bf16 cast of the weights it generated step 1 with (synced after the first update)
+    w = rollout.copy.model.layers[1].mlp.down_proj.weight
+    assert w.dtype == torch.bfloat16 and not torch.equal(w, before["model.layers.1.mlp.down_proj.weight"].bfloat16())
+    logs = [h for h in tr.state.log_history if "shift/js_mean" in h]
+    # step 1: policy == base up to autocast rounding (measured 0.0); one update later it has moved
+    assert len(logs) == 2 and logs[0]["shift/js_mean"] < 1e-3 and logs[1]["shift/js_mean"] > 1e-2
+    probe = [h for h in tr.state.log_history if "shift_probe/js_mean" in h]
+    assert len(probe) == 2 and probe[1]["shift_probe/js_mean"] > 0  # the probe saw the policy move
