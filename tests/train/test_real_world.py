@@ -389,7 +389,7 @@ def test_rescore_truncated_completions():
 
 
 @needs_packages
-def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path):
+def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path, capsys):
     """`bf16=True` on CPU (the default CPU path, train/rollout.py): a bf16 copy of the policy generates,
     re-synced once per optimizer step; the fp32 policy trains under autocast; divergence weighting,
     `shift/*` and the shift probe still run."""
@@ -399,6 +399,7 @@ def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path):
     from rewards.data import load_math_dataset
     from rewards.registry import get_reward_funcs
     from train.config import DivergenceGRPOConfig
+    from train.console import use_one_line_console
     from train.rollout import BF16Rollout
     from train.trainer import DivergenceWeightedGRPOTrainer
 
@@ -418,8 +419,14 @@ def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path):
     rollout.copy.register_forward_hook(lambda m, a, o: calls.append(tr.state.global_step))
     ShiftDiagnosticsCallback([r["prompt"] for r in ds][:2], tokenizer=tok, every_n_steps=1, evaluate_on_save=False,
                              probe_generation={"max_new_tokens": 4}).attach(tr, base_from_trainer=True)
+    use_one_line_console(tr)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    capsys.readouterr()
     tr.train()
+    console = capsys.readouterr().out
+    # the console: one short line per logging step (train/console.py), never TRL's metrics dict
+    # (the probe logs through trainer.log at on_step_end, which carries TRL's step metrics; see the report)
+    assert "{'" not in console and len(re.findall(r"^step [12]/2 \| reward .* probe_js ", console, flags=re.M)) == 2
     policy = tr.accelerator.unwrap_model(tr.model)
     assert next(policy.parameters()).dtype == torch.float32  # the trained weights stay fp32 (master weights)
     assert all(not torch.equal(before[n], p) for n, p in policy.named_parameters() if n.startswith("model.layers.1"))
@@ -433,3 +440,18 @@ def test_bf16_rollout_path_on_real_model(real_dir, gsm8k_dir, tmp_path):
     assert len(logs) == 2 and logs[0]["shift/js_mean"] < 1e-3 and logs[1]["shift/js_mean"] > 1e-2
     probe = [h for h in tr.state.log_history if "shift_probe/js_mean" in h]
     assert len(probe) == 2 and probe[1]["shift_probe/js_mean"] > 0  # the probe saw the policy move
+
+
+def test_one_line_console_reads_but_never_changes_the_logs(capsys):
+    from types import SimpleNamespace
+
+    from train.console import OneLinePrinterCallback, one_line
+
+    logs = {"loss": 0.0123456, "reward": 0.25, "frac_reward_zero_std": 0.5, "shift/js_mean": 1e-4,
+            "rewards/accuracy/mean": 0.25, "clip_ratio/low_mean": 0.0, "shift/js_gini": None, "flag": True}
+    # the chosen keys in CONSOLE_KEYS order, 4 significant digits; None, bools and unlisted keys left out
+    assert one_line(logs, 3, 40) == "step 3/40 | loss 0.01235 | reward 0.25 | zero_std 0.5 | acc 0.25 | js_mean 0.0001"
+    before = dict(logs)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3, max_steps=40)
+    OneLinePrinterCallback().on_log(None, state, None, logs=logs)
+    assert capsys.readouterr().out == one_line(before, 3, 40) + "\n" and logs == before  # backends see every key
