@@ -455,3 +455,80 @@ def test_one_line_console_reads_but_never_changes_the_logs(capsys):
     state = SimpleNamespace(is_world_process_zero=True, global_step=3, max_steps=40)
     OneLinePrinterCallback().on_log(None, state, None, logs=logs)
     assert capsys.readouterr().out == one_line(before, 3, 40) + "\n" and logs == before  # backends see every key
+
+
+def test_paired_bootstrap_ci():
+    from train.real_demo import paired_bootstrap
+
+    # every problem gains exactly 0.25: every resample has mean gain 0.25, so the CI is the point
+    same = paired_bootstrap([0.0, 0.25, 0.5, 0.5], [0.25, 0.5, 0.75, 0.75])
+    assert same["mean"] == same["ci_low"] == same["ci_high"] == 0.25
+    # 50 of 100 problems gain 1, the rest 0: mean 0.5; the bootstrap sd of a mean of 100 Bernoulli(0.5)
+    # is sqrt(0.25 / 100) = 0.05, so the 95% interval is about 0.5 -+ 1.96 x 0.05 = [0.40, 0.60]
+    res = paired_bootstrap([0.0] * 100, [1.0] * 50 + [0.0] * 50, seed=1)
+    assert res["mean"] == 0.5 and 0.38 <= res["ci_low"] <= 0.42 and 0.58 <= res["ci_high"] <= 0.62
+    assert res == paired_bootstrap([0.0] * 100, [1.0] * 50 + [0.0] * 50, seed=1)  # seeded
+    alone = paired_bootstrap([1.0] * 50 + [0.0] * 50)  # no second list: the CI of the mean itself
+    assert alone["mean"] == 0.5 and alone["ci_low"] < 0.5 < alone["ci_high"]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([0.0], [0.0, 1.0])
+
+
+def test_cross_thresholds_from_the_runs_own_quantiles():
+    from train.real_demo import cross_thresholds
+
+    # the layout `diagnostics.summary.summarize` writes (scalars = shift_stats keys; reallocation section)
+    summary = {"scalars": {"js_p50": 0.0, "js_p90": 0.002, "js_p95": 0.01, "js_p99": 0.03},
+               "reallocation": {"n_high": 0, "frac_top1_equal": None, "frac_policy_top1_in_base_top3": None,
+                                "frac_base_prob_lt_0.01": None, "topk_overlap_high": {}}}
+    assert cross_thresholds(summary, "0.9,0.99") == [0.002, 0.03]
+    assert cross_thresholds(summary, "0.5") == []  # a zero quantile: nothing to switch on
+    with pytest.raises(ValueError, match="cross-quantiles"):
+        cross_thresholds(summary, "0.42")
+
+
+@pytest.mark.slow
+@needs_packages
+def test_real_demo_end_to_end_on_truncated_model(real_dir, gsm8k_dir, tmp_path):
+    """`sparse-rlvr demo --world real` at toy size on the 2-layer SmolLM2: every stage runs (chain_sum eval with
+    CIs, both GRPO variants in bf16 with the probe, GSM8K transfer, shift, cross-sampling at the run's own
+    JS quantiles) and the report holds what the README table is built from."""
+    import shutil
+
+    from train import real_demo, real_task
+
+    real = tmp_path / "real-world"
+    shutil.copytree(real_dir, real / "model")
+    (real / "data").mkdir()
+    shutil.copy(gsm8k_dir / "gsm8k_test.jsonl", real / "data")
+    info = real_task.write_task(real / "data", train_size=40, heldout_per_level=4, seed=0)
+    (real / "manifest.json").write_text(json.dumps(info))
+    out = tmp_path / "demo"
+    assert real_demo.main(["--real-dir", str(real), "--output-dir", str(out), "--grpo-steps", "2",
+                           "--prompts-per-step", "2", "--num-generations", "2", "--eval-problems", "8",
+                           "--eval-samples", "2", "--transfer-problems", "2", "--transfer-max-new-tokens", "8",
+                           "--shift-problems", "4", "--cross-problems", "2", "--cross-samples", "1",
+                           "--probe-every", "1", "--max-new-tokens", "6", "--batch-size", "16",
+                           "--learning-rate", "1e-3"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["accuracy"]) == {"base", "grpo-none", "grpo-js"}
+    for name, a in s["accuracy"].items():
+        assert a["ci95"]["ci_low"] <= a["mean@2"] <= a["ci95"]["ci_high"]
+        assert set(a["by_level"]) == {"2x1", "3x1"} and a["by_level"]["2x1"]["num_problems"] == 4
+        assert ("gain_vs_base" in a) == (name != "base")
+    assert s["data"]["eval"].startswith("8 held-out")
+    for name in ("grpo-none", "grpo-js"):
+        assert [r["step"] for r in s["shift_probe"][name]] == [1, 2]  # shift_probe/* at every step and checkpoint
+        assert len(s["training"][name]) == 2 and s["grpo_step_seconds"][name] > 0
+        config = json.loads((out / name / "config.json").read_text())  # saved model: trained in fp32 + autocast
+        assert config.get("dtype", config.get("torch_dtype")) == "float32"
+    # thresholds = the run's own JS quantiles (p90, p99 of shift-grpo-js), not fixed epsilons
+    from diagnostics.summary import scalar_metrics
+
+    flat = scalar_metrics(json.loads((out / "shift-grpo-js" / "summary.json").read_text()))
+    want = sorted({v for v in (flat["js_p90"], flat["js_p99"]) if v > 0})
+    assert s["cross"]["thresholds"] == pytest.approx(want)
+    assert len(s["cross"]["forward"]) == len(s["cross"]["forward_random"]) == len(want)
+    assert set(s["transfer"]) == {"base", "grpo-none", "grpo-js"}
+    md = (out / "report.md").read_text()
+    assert "gain vs base" in md and "JS quantiles" in md and (out / "report.html").is_file()
