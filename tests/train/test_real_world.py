@@ -504,12 +504,11 @@ def test_real_demo_end_to_end_on_truncated_model(real_dir, gsm8k_dir, tmp_path):
     info = real_task.write_task(real / "data", train_size=40, heldout_per_level=4, seed=0)
     (real / "manifest.json").write_text(json.dumps(info))
     out = tmp_path / "demo"
-    assert real_demo.main(["--real-dir", str(real), "--output-dir", str(out), "--grpo-steps", "2",
-                           "--prompts-per-step", "2", "--num-generations", "2", "--eval-problems", "8",
-                           "--eval-samples", "2", "--transfer-problems", "2", "--transfer-max-new-tokens", "8",
-                           "--shift-problems", "4", "--cross-problems", "2", "--cross-samples", "1",
-                           "--probe-every", "1", "--max-new-tokens", "6", "--batch-size", "16",
-                           "--learning-rate", "1e-3"]) == 0
+    argv = ["--real-dir", str(real), "--output-dir", str(out), "--grpo-steps", "2", "--prompts-per-step", "2",
+            "--num-generations", "2", "--eval-problems", "8", "--eval-samples", "2", "--transfer-problems", "2",
+            "--transfer-max-new-tokens", "8", "--shift-problems", "4", "--cross-problems", "2", "--cross-samples", "1",
+            "--probe-every", "1", "--max-new-tokens", "6", "--batch-size", "16", "--learning-rate", "1e-3"]
+    assert real_demo.main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert set(s["accuracy"]) == {"base", "grpo-none", "grpo-js"}
     for name, a in s["accuracy"].items():
@@ -522,6 +521,24 @@ def test_real_demo_end_to_end_on_truncated_model(real_dir, gsm8k_dir, tmp_path):
         assert len(s["training"][name]) == 2 and s["grpo_step_seconds"][name] > 0
         config = json.loads((out / name / "config.json").read_text())  # saved model: trained in fp32 + autocast
         assert config.get("dtype", config.get("torch_dtype")) == "float32"
+    assert s["accuracy"]["base"]["by_level"]["2x1"]["num_problems"] == 4
+    # A 2-layer model has no reward signal (zero-variance groups: no gradient), so the policy may not have
+    # moved and cross-sampling may have been skipped. Make grpo-js a moved policy (final norm x 1.5: sharper
+    # next-token distributions) and resume the demo: only shift-grpo-js, cross and the report are redone.
+    import shutil as _shutil
+
+    from transformers import AutoModelForCausalLM
+
+    moved = AutoModelForCausalLM.from_pretrained(out / "grpo-js")
+    with torch.no_grad():
+        moved.model.norm.weight.mul_(1.5)
+    moved.save_pretrained(out / "grpo-js")
+    for stage in ("shift-grpo-js", "cross"):
+        _shutil.rmtree(out / stage, ignore_errors=True)
+    done_before = (out / "eval-base" / ".done").read_text()
+    assert real_demo.main(argv) == 0
+    assert (out / "eval-base" / ".done").read_text() == done_before  # resumed: finished stages reused
+    s = json.loads((out / "summary.json").read_text())
     # thresholds = the run's own JS quantiles (p90, p99 of shift-grpo-js), not fixed epsilons
     from diagnostics.summary import scalar_metrics
 
