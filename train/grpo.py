@@ -287,6 +287,9 @@ def run(script_args: GRPOScriptArguments, training_args, model_args, *, callback
     if trainer.args.should_save:
         rewards.save(training_args.output_dir)  # next to final_eval.json
     attach_shift_probe(trainer, script_args, training_args, model_args)
+    from train.console import use_one_line_console  # issue 19
+
+    use_one_line_console(trainer)  # issue 19: one short console line per log, not the metrics dict (train/console.py)
     trainer.accelerator.print(
         f"divergence: source {training_args.divergence_source!r}, measure {training_args.divergence_measure!r}, "
         f"weighting {training_args.weighting!r}, computed at {trainer.divergence_timing} time"

