@@ -216,6 +216,18 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             self._base_arg = base
         self.trainer = trainer
         trainer.add_callback(self)
+        # A probe step's metrics join that step's regular log entry (loss, grad_norm, TRL's metrics) instead of
+        # a separate `trainer.log` call from `on_step_end`: such a call resets `control.should_log` and takes
+        # over the step's accumulated TRL metrics, so loss and grad_norm were never logged at probe steps.
+        trainer_log = trainer.log
+
+        def log_with_probe(logs, *args, **kwargs):
+            if self._pending_logs:
+                logs = {**logs, **self._pending_logs}
+                self._pending_logs = {}
+            return trainer_log(logs, *args, **kwargs)
+
+        trainer.log = log_with_probe
         return self
 
     def _output_dir(self, args) -> Path:
@@ -257,9 +269,8 @@ class ShiftDiagnosticsCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_n_steps and state.global_step > 0 and state.global_step % self.every_n_steps == 0:
-            self._evaluate(args, state, model)
-            if self.trainer is None:
-                control.should_log = True  # so on_log runs at this step and carries the metrics
+            self._evaluate(args, state, model, defer=True)
+            control.should_log = True  # this step's log entry carries the probe metrics (with loss, grad_norm)
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
@@ -302,7 +313,7 @@ class ShiftDiagnosticsCallback(TrainerCallback):
         return analyze(self.base_model, model, self.tokenizer, self.probe.records(), progress=progress,
                        **self.analyze_kwargs)
 
-    def _evaluate(self, args, state, model) -> dict:
+    def _evaluate(self, args, state, model, defer: bool = False) -> dict:
         """Analyse the probe set at this step on every rank (once per step); rank 0 writes and logs."""
         step = state.global_step
         if step in self._results:
@@ -331,7 +342,7 @@ class ShiftDiagnosticsCallback(TrainerCallback):
             self._log_wandb(args, state, table)
         logs = {f"{self.prefix}{k}": float(v) for k, v in metrics.items()}  # NaN kept: stable keys, as shift/*
         logs[f"{self.prefix}seconds"] = seconds
-        if self.trainer is not None:
+        if self.trainer is not None and not defer:  # on_save: the step's log entry was already written
             self.trainer.log(logs)
         else:
             self._pending_logs.update(logs)

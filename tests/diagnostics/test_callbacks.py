@@ -295,6 +295,10 @@ def test_callback_in_grpo_run_and_resume(tiny_model_dir, probe, tmp_path):
     assert all(v > 0 for v in js)  # the policy moved away from its own step-0 snapshot
     logged = {h["step"]: h for h in trainer.state.log_history if "shift_probe/js_mean" in h}
     assert sorted(logged) == [2, 3, 4]
+    # every step keeps its loss and grad_norm (logging_steps=1): a probe step's metrics join that step's entry
+    # (step 3, on_step_end) instead of a separate log call that reset should_log and ate TRL's step metrics
+    assert sorted(h["step"] for h in trainer.state.log_history if "loss" in h and "grad_norm" in h) == [1, 2, 3, 4]
+    assert "loss" in logged[3] and "grad_norm" in logged[3] and "reward" in logged[3]
     for r in first:
         assert math.isclose(logged[r["step"]]["shift_probe/js_mean"], r["metrics"]["js_mean"], rel_tol=1e-9)
     for step in (2, 4):
