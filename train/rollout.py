@@ -21,8 +21,9 @@ base's divergence forward under the same autocast, so `shift/*` compares like wi
 the bf16-rounded weights. bench/bench_rollout.py shows its size: after one step at lr 1e-6,
 `shift/js_mean` 0.0028 in bf16 vs 0.000008 in fp32, as small updates flip weights across bf16 steps.)
 
-When it is used (`maybe_bf16_rollout`): `bf16=True`, the policy on CPU, one process, no vLLM, no
-continuous batching, no PEFT adapter (an adapter would need merging into the copy). Elsewhere TRL's
+When it is used (`maybe_bf16_rollout`): `bf16=True`, the policy on CPU in fp32, one process, no vLLM, no
+continuous batching, no PEFT adapter (an adapter would need merging into the copy), no
+`cast_lm_head_to_fp32` (TRL keeps its fp32 head consistent with a forward patch the copy lacks). Elsewhere TRL's
 own path runs unchanged. Used by `DivergenceWeightedGRPOTrainer` through two marked lines
 (train/trainer.py, "issue 19").
 """
@@ -42,15 +43,13 @@ class BF16Rollout:
 
     Args:
         model: the (unwrapped) policy, a `PreTrainedModel` in fp32.
-        lm_head_fp32: keep the copy's LM head in fp32 (TRL's `cast_lm_head_to_fp32`).
     """
 
-    def __init__(self, model, lm_head_fp32: bool = False):
+    def __init__(self, model):
         # A fresh model from the config, not copy.deepcopy: accelerate patches the policy's `forward`
         # with an autocast closure that would still point at the original model in a deep copy.
         self.copy = type(model)(model.config).to(torch.bfloat16).eval()
         self.copy.generation_config = model.generation_config
-        self.lm_head_fp32 = lm_head_fp32
         self.synced_step: int | None = None
         self.num_syncs = 0
         for p in self.copy.parameters():
@@ -63,8 +62,6 @@ class BF16Rollout:
             return
         self.copy.load_state_dict(model.state_dict(), strict=True)
         self.copy.tie_weights()
-        if self.lm_head_fp32 and getattr(self.copy, "lm_head", None) is not None:
-            self.copy.lm_head.to(torch.float32)
         self.synced_step = step
         self.num_syncs += 1
 
@@ -89,10 +86,16 @@ def maybe_bf16_rollout(trainer) -> BF16Rollout | None:
     if getattr(trainer, "use_transformers_continuous_batching", False) or trainer.accelerator.num_processes != 1:
         return None
     policy = trainer.accelerator.unwrap_model(trainer.model)
-    first = next(policy.parameters())
-    if first.device.type != "cpu" or first.dtype == torch.bfloat16 or getattr(policy, "peft_config", None):
+    params = list(policy.parameters())
+    if params[0].device.type != "cpu" or getattr(policy, "peft_config", None):
         return None
-    rollout = BF16Rollout(policy, lm_head_fp32=bool(getattr(args, "cast_lm_head_to_fp32", False)))
+    # fp32 master weights only: a policy already (partly) in bf16 generates in bf16 itself. With TRL's
+    # `cast_lm_head_to_fp32` the head (and, when tied, the embedding) is fp32 inside a bf16 model, kept
+    # consistent by TRL's own forward patch, which a fresh copy would not have: TRL's path runs unchanged.
+    if any(p.dtype != torch.float32 for p in params if p.is_floating_point()) or getattr(args, "cast_lm_head_to_fp32",
+                                                                                       False):
+        return None
+    rollout = BF16Rollout(policy)
     logger.info("bf16 CPU rollouts: a bf16 copy of the policy generates, the fp32 policy trains under autocast "
                 "(train/rollout.py)")
     return rollout
