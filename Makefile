@@ -13,7 +13,7 @@ setup:
 demo: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/sparse-rlvr demo --output-dir $(OUT)
 
-# the real world: SmolLM2-135M-Instruct + GSM8K/GSM-Symbolic from PyPI packages (train/real_world.py)
+# the real world: SmolLM2-135M-Instruct + chain_sum (reasoning-gym) + GSM8K/GSM-Symbolic from PyPI packages (train/real_world.py)
 real-world: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/sparse-rlvr real-world setup --output-dir $(REAL)
 

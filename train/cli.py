@@ -25,8 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "shift": ("diagnostics.cli_shift", "token-level shift analysis base vs policy: table, summary, plots, HTML"),
     "evolution": ("diagnostics.evolution", "shift evolution across the checkpoints of a run"),
     "cross-sample": ("diagnostics.cross_sampling_cli", "forward/backward cross-sampling sweeps with a random control"),
-    "real-world": ("train.real_world", "set up the real world: SmolLM2-135M-Instruct + GSM8K/GSM-Symbolic, offline"),
-    "demo": ("train.demo", "the main job: the paper in miniature on the tiny world, end to end"),
+    "real-world": ("train.real_world", "set up the real world: SmolLM2-135M-Instruct + chain_sum (reasoning-gym) + GSM8K/GSM-Symbolic, offline"),
+    "demo": ("train.demo", "the main job end to end: the paper in miniature on the tiny world (--world real: SmolLM2 on chain_sum)"),
     "compare": ("train.compare", "train several advantage-weighting variants x seeds and rank them"),
 }
 

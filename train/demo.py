@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated JS thresholds ε of the cross-sampling sweep (default 0.005,0.01,0.02,0.05,0.1)")
     p.add_argument("--force", action="store_true", help="redo stages that already finished")
     p.add_argument("--world", choices=("tiny", "real"), default="tiny",
-                   help="'real': SmolLM2-135M-Instruct on GSM8K (`sparse-rlvr demo --world real --help`)")
+                   help="'real': SmolLM2-135M-Instruct learning chain_sum, GSM8K as transfer (its flags, e.g. --seeds, --gpu: "
+                        "`sparse-rlvr demo --world real --help`)")
     add_verbose_argument(p)
     return p
 

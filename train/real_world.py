@@ -635,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    manifest = Path(args.output_dir) / "manifest.json"
+    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
     try:
         out = setup(Path(args.output_dir), train_size=args.train_size, heldout_templates=args.heldout_templates,
                     seed=args.seed, task_train_size=args.task_train_size,
@@ -643,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingPackageError as err:
         raise SystemExit(f"sparse-rlvr real-world: error: {err}") from None
     m = check_folder(out)
-    print(f"real world ready in {out}: model {m['num_params']:,} parameters ({m['quantization']}); "
+    how = "reused from the cache (same set-up hash; --force rebuilds)" if before == manifest.stat().st_mtime_ns \
+        else "built"
+    print(f"real world {how}, ready in {out}: model {m['num_params']:,} parameters ({m['quantization']}); "
           f"data {m['num_test']} GSM8K test problems, {m['num_train']} GSM-Symbolic variants, "
           f"{m['task_num_train']} + {m['task_num_heldout']} chain_sum train + held-out problems; "
           f"stage seconds {m.get('stage_seconds')} (manifest.json, README.md)")

@@ -24,7 +24,7 @@ the bf16-rounded weights. bench/bench_rollout.py shows its size: after one step 
 When it is used (`maybe_bf16_rollout`): `bf16=True`, the policy on CPU in fp32, one process, no vLLM, no
 continuous batching, no PEFT adapter (an adapter would need merging into the copy), no
 `cast_lm_head_to_fp32` (TRL keeps its fp32 head consistent with a forward patch the copy lacks). Elsewhere TRL's
-own path runs unchanged. Used by `DivergenceWeightedGRPOTrainer` through two marked lines
+own path runs unchanged. Used by `DivergenceWeightedGRPOTrainer` through three marked lines
 (train/trainer.py, "issue 19").
 """
 
