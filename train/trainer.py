@@ -63,6 +63,7 @@ from train.lm_head import (
     uses_hidden_path,
 )
 from train.rollout import maybe_bf16_rollout  # issue 19: bf16 CPU rollouts
+from train.vllm_cpu import cpu_vllm_init, install_weight_sync  # issue 19: vLLM on CPU
 from train.shift_log import ShiftLog, gather_valid, shift_metrics, token_columns
 from train.weighting import (
     ScaleReference,
@@ -111,7 +112,9 @@ class DivergenceWeightedGRPOTrainer(GRPOTrainer):
         will_be_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
         copy_now = args.divergence_source == "base" and args.base_model_name_or_path is None and args.beta == 0.0
         initial_copy = copy.deepcopy(model) if copy_now and not will_be_peft and not isinstance(model, str) else None
-        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        with cpu_vllm_init(args):  # issue 19: vLLM on CPU (train/vllm_cpu.py); a no-op elsewhere
+            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        install_weight_sync(self)  # issue 19: vLLM on CPU: weights through vLLM's reload_weights
         check_launch(self.accelerator, self.is_fsdp_enabled)
         if isinstance(self.processing_class, ProcessorMixin):
             raise ValueError("DivergenceWeightedGRPOTrainer supports text-only models; got a multimodal processor.")

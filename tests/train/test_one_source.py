@@ -22,27 +22,7 @@ from diagnostics.shift import analyze
 from train.config import DivergenceGRPOConfig
 from train.tiny_world import random_tiny_model, tiny_llama_config
 from train.trainer import DivergenceWeightedGRPOTrainer
-
-COMMON = dict(
-    use_cpu=True, per_device_train_batch_size=4, num_generations=4, max_completion_length=6, max_steps=2,
-    logging_steps=1, report_to=[], learning_rate=1e-2, save_strategy="no", seed=0,
-)
-
-
-def short_reward(completions, **kwargs):
-    return [-float(len(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": f"Compute {i}+{i}"}] for i in range(8)]})
-
-
-def dw_trainer(model, tokenizer, dataset, tmp_path, **kw):
-    args = DivergenceGRPOConfig(output_dir=str(tmp_path), **{**COMMON, **kw})
-    return DivergenceWeightedGRPOTrainer(model=model, reward_funcs=[short_reward], args=args,
-                                         train_dataset=dataset, processing_class=tokenizer)
-
+from _trainer_helpers import COMMON, dw_trainer, short_reward  # noqa: F401
 
 def generated(tr, prompts, seed=0):
     """One generated batch (one prompt group: no prompt padding) -> (ids (B, L), mask (B, L), completion_ids (B, C),
