@@ -82,9 +82,12 @@ class VLLMGenerate:
     def __init__(self, model_dir: str, max_model_len: int):
         from vllm import LLM
 
+        from trl.trainer.utils import ensure_master_addr_port
+
         from train.vllm_cpu import set_environment
 
         set_environment()
+        ensure_master_addr_port()  # as TRL's colocate mode does before building the engine
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # what TRL sets for colocate
             os.environ.setdefault(key, value)
         self.llm = LLM(model=model_dir, dtype="bfloat16", enforce_eager=True, max_model_len=max_model_len, seed=0,

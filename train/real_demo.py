@@ -275,6 +275,32 @@ def cross_thresholds(shift_summary: dict, quantiles: str) -> list[float]:
     return sorted(set(out))
 
 
+def check_rollouts(out: Path, use_vllm: bool, force: bool) -> str:
+    """Which engine generates the GRPO rollouts ("vllm" or "hf"), recorded in `<out>/rollouts.json`.
+
+    Raises:
+        SystemExit: `--use-vllm` without vLLM installed, or a folder whose finished stages used the other
+            engine (they would be reused silently); each message names the fix.
+    """
+    import importlib.util
+
+    rollouts = "vllm" if use_vllm else "hf"
+    if use_vllm and importlib.util.find_spec("vllm") is None:
+        raise SystemExit("sparse-rlvr demo --world real: error: --use-vllm needs vLLM, not installed in this "
+                         "environment. Fix: `make setup-vllm`, then run .venv-vllm/bin/sparse-rlvr demo --world real "
+                         "--use-vllm; or drop --use-vllm (bf16 HF rollouts)")
+    marker = out / "rollouts.json"
+    if marker.is_file() and not force:
+        before = json.loads(marker.read_text())["rollouts"]
+        if before != rollouts:
+            raise SystemExit(f"sparse-rlvr demo --world real: error: {out} holds stages run with {before} rollouts, "
+                             f"this run asks for {rollouts}. Fix: another --output-dir "
+                             f"(e.g. {out}-{rollouts}), or --force to redo every stage")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"rollouts": rollouts}))
+    return rollouts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-rlvr demo --world real", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -316,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         raise SystemExit("sparse-rlvr demo --world real: error: --seeds must be >= 1")
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rollouts = check_rollouts(out, args.use_vllm, args.force)
     t0 = time.monotonic()
     real = Path(args.real_dir)
     if not (real / "manifest.json").is_file():  # a finished folder is used as built (its own sizes and seed)
@@ -403,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_seconds = {d.name: json.loads((d / ".done").read_text())["seconds"] for d in sorted(out.iterdir())
                      if (d / ".done").is_file()}
     summary = build_summary(cfg, runs, seeds, evals, transfer, shifts, cross_summary, thresholds, rl_name,
-                            manifest=manifest, stage_seconds=stage_seconds, gpu=args.gpu,
+                            manifest=manifest, stage_seconds=stage_seconds, gpu=args.gpu, rollouts=rollouts,
                             seconds=sum(stage_seconds.values()) + (time.monotonic() - t0 - sum(stages.times.values())))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     md = render_markdown(summary)
@@ -431,7 +457,7 @@ def write_completions(evals: dict, path: Path) -> None:
 
 def build_summary(cfg: dict, runs: dict, seeds: list[int], evals: dict, transfer: dict, shifts: dict,
                   cross: dict | None, thresholds: list[float], rl_name: str, *, manifest: dict, seconds: float,
-                  stage_seconds: dict, gpu: bool) -> dict:
+                  stage_seconds: dict, gpu: bool, rollouts: str = "hf") -> dict:
     from diagnostics.summary import scalar_metrics
 
     k = cfg["eval_samples"]
@@ -478,6 +504,7 @@ def build_summary(cfg: dict, runs: dict, seeds: list[int], evals: dict, transfer
                  "train": f"{manifest.get('task_num_train')} chain_sum training problems",
                  "transfer": f"first {cfg['transfer_problems']} of the 100 GSM8K test problems"},
         "device": "gpu" if gpu else "cpu",
+        "rollouts": rollouts,
         "seeds": seeds,
         "config": cfg,
         "seconds": round(seconds, 1),
@@ -511,7 +538,7 @@ def render_markdown(s: dict) -> str:
              f"Eval: {s['data']['eval']}, {c['eval_samples']} samples each at T = {c['temperature']}, "
              f"{c['max_new_tokens']} new tokens. Train: {s['data']['train']}; GRPO {c['grpo_steps']} steps x "
              f"{c['prompts_per_step']} prompts x {c['num_generations']} completions, lr {c['learning_rate']:g}. "
-             f"Device {s['device']}, seeds {s['seeds']}, total {s['seconds'] / 60:.1f} min.", "",
+             f"Device {s['device']}, GRPO rollouts {s.get('rollouts', 'hf')}, seeds {s['seeds']}, total {s['seconds'] / 60:.1f} min.", "",
              f"| model | mean@{k} (95% CI) | pass@{k} | gain vs base (95% CI, paired) | beyond CI | per level |",
              "|---|---|---|---|---|---|"]
     for name, a in s["accuracy"].items():

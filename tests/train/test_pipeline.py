@@ -33,3 +33,31 @@ def test_unknown_setting_fails_before_running():
     with pytest.raises(ValueError, match="max_stepz"):
         grpo_command("recipe.yaml", {}, ["--max_stepz", "3"])
     assert {"weighting", "reward_funcs", "model_name_or_path", "extraction"} <= grpo_field_names()
+
+
+def test_demo_real_refuses_a_folder_of_the_other_rollout_engine(tmp_path):
+    """Finished stages are reused by name: a folder built with vLLM rollouts must not pass as an HF run."""
+    import json
+
+    from train.real_demo import check_rollouts
+
+    out = tmp_path / "demo-real"
+    assert check_rollouts(out, use_vllm=False, force=False) == "hf"
+    assert check_rollouts(out, use_vllm=False, force=False) == "hf"  # same engine: resumes
+    (out / "rollouts.json").write_text(json.dumps({"rollouts": "vllm"}))  # as a --use-vllm run leaves it
+    with pytest.raises(SystemExit, match=r"stages run with vllm rollouts, this run asks for hf.*demo-real-hf.*--force"):
+        check_rollouts(out, use_vllm=False, force=False)
+    assert check_rollouts(out, use_vllm=False, force=True) == "hf"
+    assert json.loads((out / "rollouts.json").read_text()) == {"rollouts": "hf"}
+
+
+def test_demo_real_use_vllm_without_vllm_names_the_fix(tmp_path, monkeypatch):
+    import importlib.util
+
+    from train.real_demo import check_rollouts
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match=r"--use-vllm needs vLLM.*make setup-vllm.*drop --use-vllm"):
+        check_rollouts(tmp_path / "demo-real", use_vllm=True, force=False)
+    assert not (tmp_path / "demo-real").exists()  # refused before anything is written

@@ -32,11 +32,26 @@ def test_server_mode_on_cpu_is_refused_with_the_reason(tmp_path):
 def test_environment_keeps_what_the_user_set(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    monkeypatch.delenv("MASTER_PORT", raising=False)
     new = vllm_cpu.set_environment()
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7" and "VLLM_CPU_KVCACHE_SPACE" not in new
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert 0 < int(os.environ["MASTER_PORT"]) < 65536
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and new == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def test_engine_in_a_child_process_is_refused(monkeypatch):
+    """With =1 the engine runs in a child process: the in-place weight reload would fail at the first step."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with pytest.raises(ValueError, match=r"VLLM_ENABLE_V1_MULTIPROCESSING='1'.*Fix: unset it"):
+        vllm_cpu.set_environment()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"vllm_mode": "colocated"}, r"'colocated' is not a vLLM mode.*vllm_mode='colocate'"),
+    ({"vllm_enable_sleep_mode": True}, r"vllm_enable_sleep_mode=True on CPU.*Fix: vllm_enable_sleep_mode=False"),
+    ({"vllm_tensor_parallel_size": 2}, r"vllm_tensor_parallel_size=2 on CPU.*Fix: vllm_tensor_parallel_size=1"),
+])
+def test_settings_the_cpu_sync_cannot_handle_are_refused(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        vllm_cpu.applies(_args(tmp_path, use_vllm=True, **kw))
 
 
 @pytest.mark.parametrize("bf16, dtype", [(True, "bfloat16"), (False, "float32")])
