@@ -70,12 +70,6 @@ def chain_sum_rows(n: int) -> list[dict]:
     return rows[:n]
 
 
-def has_vllm() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 class VLLMGenerate:
     """vLLM-CPU engine built like the trainer's (train/vllm_cpu.py: eager, bf16), with `generate`'s role."""
 
@@ -119,8 +113,10 @@ def bench_generate(model_dir: str, args) -> dict:
              "bf16_copy": (bf16, contextlib.nullcontext)}
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, temperature=0.7,
               pad_token_id=tok.pad_token_id)
+    from train.vllm_cpu import vllm_installed
+
     vllm = None
-    if has_vllm() and not args.no_vllm:
+    if vllm_installed() and not args.no_vllm:
         prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         vllm = VLLMGenerate(model_dir, max_model_len=max(map(len, prompt_ids)) + args.new_tokens + 8)
     secs = {m: [] for m in [*modes, *(["vllm"] if vllm else [])]}
@@ -163,7 +159,9 @@ def bench_step(model_dir: str, args) -> dict:
     ds = load_math_dataset(str(tmp), "train", system_prompt=SYSTEM_PROMPT, **DATA_COLUMNS)
     out = {}
     modes = [("fp32", False, False, False), ("autocast_only", True, False, False), ("bf16", True, True, False)]
-    if has_vllm() and not args.no_vllm:
+    from train.vllm_cpu import vllm_installed
+
+    if vllm_installed() and not args.no_vllm:
         modes.append(("vllm", True, False, True))
     for name, bf16, copy_on, use_vllm in modes:
         cfg = DivergenceGRPOConfig(

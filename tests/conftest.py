@@ -37,9 +37,9 @@ torch.set_num_threads(1)
 
 # The vLLM-CPU engine test needs the second venv (`make test-vllm`, which CI runs after `make test`): not collected
 # here, rather than a skip that would read as a pass.
-import importlib.util  # noqa: E402
+from train.vllm_cpu import vllm_installed  # noqa: E402
 
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["train/test_vllm_cpu_engine.py"]
+collect_ignore = [] if vllm_installed() else ["train/test_vllm_cpu_engine.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -282,10 +282,10 @@ def check_rollouts(out: Path, use_vllm: bool, force: bool) -> str:
         SystemExit: `--use-vllm` without vLLM installed, or a folder whose finished stages used the other
             engine (they would be reused silently); each message names the fix.
     """
-    import importlib.util
+    from train.vllm_cpu import vllm_installed
 
     rollouts = "vllm" if use_vllm else "hf"
-    if use_vllm and importlib.util.find_spec("vllm") is None:
+    if use_vllm and not vllm_installed():
         raise SystemExit("sparse-rlvr demo --world real: error: --use-vllm needs vLLM, not installed in this "
                          "environment. Fix: `make setup-vllm`, then run .venv-vllm/bin/sparse-rlvr demo --world real "
                          "--use-vllm; or drop --use-vllm (bf16 HF rollouts)")
@@ -457,7 +457,7 @@ def write_completions(evals: dict, path: Path) -> None:
 
 def build_summary(cfg: dict, runs: dict, seeds: list[int], evals: dict, transfer: dict, shifts: dict,
                   cross: dict | None, thresholds: list[float], rl_name: str, *, manifest: dict, seconds: float,
-                  stage_seconds: dict, gpu: bool, rollouts: str = "hf") -> dict:
+                  stage_seconds: dict, gpu: bool, rollouts: str) -> dict:
     from diagnostics.summary import scalar_metrics
 
     k = cfg["eval_samples"]
@@ -538,7 +538,7 @@ def render_markdown(s: dict) -> str:
              f"Eval: {s['data']['eval']}, {c['eval_samples']} samples each at T = {c['temperature']}, "
              f"{c['max_new_tokens']} new tokens. Train: {s['data']['train']}; GRPO {c['grpo_steps']} steps x "
              f"{c['prompts_per_step']} prompts x {c['num_generations']} completions, lr {c['learning_rate']:g}. "
-             f"Device {s['device']}, GRPO rollouts {s.get('rollouts', 'hf')}, seeds {s['seeds']}, total {s['seconds'] / 60:.1f} min.", "",
+             f"Device {s['device']}, GRPO rollouts {s['rollouts']}, seeds {s['seeds']}, total {s['seconds'] / 60:.1f} min.", "",
              f"| model | mean@{k} (95% CI) | pass@{k} | gain vs base (95% CI, paired) | beyond CI | per level |",
              "|---|---|---|---|---|---|"]
     for name, a in s["accuracy"].items():

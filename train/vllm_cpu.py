@@ -37,6 +37,13 @@ import torch
 CPU_KVCACHE_GIB = 1  # KV cache of the CPU engine, GiB: SmolLM2-135M needs ~23 KB per token in bf16
 
 
+def vllm_installed() -> bool:
+    """Whether `vllm` can be imported here (the .venv-vllm venv of `make setup-vllm`), without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def trains_on_cpu(args) -> bool:
     """Whether the policy of a `GRPOConfig` trains on CPU (`use_cpu`, or no accelerator present)."""
     return bool(getattr(args, "use_cpu", False)) or not (torch.cuda.is_available() or _has_xpu())

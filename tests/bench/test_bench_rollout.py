@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from train import real_world
+from train.vllm_cpu import vllm_installed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,10 +38,10 @@ def test_bench_rollout_measures_every_mode(tmp_path):
                              "--step-new-tokens", "4", "--step-steps", "2", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    expected_gen = {"fp32", "autocast", "bf16_copy"} | ({"vllm"} if importlib.util.find_spec("vllm") else set())
+    expected_gen = {"fp32", "autocast", "bf16_copy"} | ({"vllm"} if vllm_installed() else set())
     assert set(res["generate"]) == expected_gen
     assert all(len(r["rounds"]) == 1 and math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
                for r in res["generate"].values())
-    expected_step = {"fp32", "autocast_only", "bf16"} | ({"vllm"} if importlib.util.find_spec("vllm") else set())
+    expected_step = {"fp32", "autocast_only", "bf16"} | ({"vllm"} if vllm_installed() else set())
     assert set(res["step"]) == expected_step
     assert all(len(r["steps"]) == 2 and r["step_seconds"] > 0 for r in res["step"].values())

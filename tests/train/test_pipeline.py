@@ -52,12 +52,10 @@ def test_demo_real_refuses_a_folder_of_the_other_rollout_engine(tmp_path):
 
 
 def test_demo_real_use_vllm_without_vllm_names_the_fix(tmp_path, monkeypatch):
-    import importlib.util
-
+    from train import vllm_cpu
     from train.real_demo import check_rollouts
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(vllm_cpu, "vllm_installed", lambda: False)
     with pytest.raises(SystemExit, match=r"--use-vllm needs vLLM.*make setup-vllm.*drop --use-vllm"):
         check_rollouts(tmp_path / "demo-real", use_vllm=True, force=False)
     assert not (tmp_path / "demo-real").exists()  # refused before anything is written
